@@ -1,0 +1,6 @@
+"""Backbones. Importing this package registers every encoder in :data:`ENCODERS`."""
+
+from selfsup.encoders import image as _image  # noqa: F401  (registers the image encoders)
+from selfsup.encoders.base import ENCODERS, Encoder, EncoderOutput, pool_hidden_state
+
+__all__ = ["ENCODERS", "Encoder", "EncoderOutput", "pool_hidden_state"]

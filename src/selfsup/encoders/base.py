@@ -1,0 +1,82 @@
+"""The Encoder contract shared by every backbone of every modality.
+
+An encoder maps a batch to an :class:`EncoderOutput`:
+
+* ``pooled`` — ``(B, D)`` one vector per sample, ``D == encoder.embed_dim``;
+* ``last_hidden_state`` — the last layer before pooling: ``(B, C, H, W)`` for convolutional
+  image encoders, ``(B, T, D)`` for token encoders (ViT, audio, text, sequences);
+* ``hidden_states`` — ``num_layers + 1`` tensors, the input embedding (stem) first and the
+  last layer last, so any evaluator can probe any layer of any modality (S3PRL's upstream
+  contract);
+* ``padding_mask`` — ``(B, T)`` bool, True at padded positions, for variable-length inputs
+  (None for fixed-size inputs).
+
+Sizes are declared as attributes (``embed_dim``, ``num_layers``, ``modality``) so that no
+caller runs a dummy forward pass to discover them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.registry import Registry
+
+
+@dataclass
+class EncoderOutput:
+    pooled: Tensor
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...]
+    padding_mask: Tensor | None = None
+
+
+class Encoder(nn.Module):
+    """Base class: declares the attributes of the contract; subclasses implement ``forward``.
+
+    ``forward(x, *, padding_mask=None, mask=None)``: ``mask`` (``(B, N)`` bool, True where a
+    token is masked) is for masked-modelling methods; encoders that cannot mask raise if given one.
+    """
+
+    embed_dim: int
+    num_layers: int
+    modality: str
+
+    def forward(  # pragma: no cover - abstract
+        self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
+    ) -> EncoderOutput:
+        raise NotImplementedError
+
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+def pool_hidden_state(hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    """Reduce one hidden state to ``(B, C)``: global average over space or over unpadded tokens.
+
+    Accepts ``(B, C, H, W)`` maps, ``(B, T, C)`` token sequences (with an optional ``(B, T)``
+    padding mask, True = padded) and ``(B, C)`` vectors.
+    """
+    if hidden.ndim == 2:
+        return hidden
+    if hidden.ndim == 4:
+        return hidden.float().mean(dim=(2, 3))
+    if hidden.ndim == 3:
+        if padding_mask is None:
+            return hidden.float().mean(dim=1)
+        keep = (~padding_mask).unsqueeze(-1).float()
+        return (hidden.float() * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+    raise ValueError(f"cannot pool a hidden state of shape {tuple(hidden.shape)}")
+
+
+def check_image_batch(x: Tensor, in_channels: int) -> None:
+    """Raise a clear error for input that is not ``(B, in_channels, H, W)`` floating point."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected images of shape (B, {in_channels}, H, W), got {tuple(x.shape)}; "
+            "image encoders take normalized float batches (see selfsup.augment)"
+        )
+    if not torch.is_floating_point(x):
+        raise TypeError(f"expected a floating-point image batch, got {x.dtype}; normalize uint8 images first")
