@@ -1,0 +1,219 @@
+"""The Python API; each function mirrors a CLI command.
+
+    >>> run = selfsup.pretrain(data="digits:train", method="simclr", encoder="small_cnn", out="runs/x", steps=50)
+    >>> model = selfsup.load("runs/x")
+    >>> result = selfsup.embed("runs/x", data="digits:test", out="digits.npz")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from selfsup.config import (
+    Config,
+    ConfigError,
+    apply_dict,
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_recipe,
+    to_dict,
+)
+from selfsup.data import load_images
+from selfsup.data.base import ImageDataset
+from selfsup.encoders import ENCODERS, Encoder
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import KNNProbe
+from selfsup.io import write_atomic, write_text_atomic
+from selfsup.train import checkpoint as ckpt
+from selfsup.train.loop import RunResult, pretrain_run
+from selfsup.train.runtime import resolve_device
+
+
+def make_config(
+    recipe: str | Config | None = None,
+    *,
+    data: str | None = None,
+    method: str | None = None,
+    encoder: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    strict: bool | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the recipe, then the explicit arguments, then ``key=value`` overrides."""
+    if isinstance(recipe, Config):
+        config = from_dict(to_dict(recipe))
+    else:
+        config = Config()
+        if recipe is not None:
+            apply_dict(config, load_recipe(recipe))
+    flags = {
+        "data.source": data,
+        "method.name": method,
+        "encoder.name": encoder,
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "train.seed": seed,
+        "train.device": device,
+        "data.strict": strict,
+    }
+    # A method or encoder named on the command line replaces the recipe's, options included.
+    if method is not None and method != config.method.name:
+        config.method.params = {}
+    if encoder is not None and encoder != config.encoder.name:
+        config.encoder.params = {}
+    apply_overrides(config, {k: v for k, v in flags.items() if v is not None})
+    if overrides:
+        apply_overrides(config, overrides)
+    return config
+
+
+def pretrain(
+    data: str | None = None,
+    method: str | None = None,
+    encoder: str | None = None,
+    out: str | Path = "runs/pretrain",
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    config: str | Config | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    strict: bool | None = None,
+) -> RunResult:
+    """Pretrain an encoder; see ``selfsup pretrain --help``. ``config`` is a recipe name, path or Config."""
+    resolved = make_config(
+        config,
+        data=data,
+        method=method,
+        encoder=encoder,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        strict=strict,
+        overrides=overrides,
+    )
+    return pretrain_run(resolved, out, resume=resume)
+
+
+@dataclass
+class Embeddings:
+    embeddings: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) int64, -1 where unknown
+    ids: np.ndarray  # (N,) str
+
+    def save(self, path: str | Path) -> Path:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temp name
+                np.savez(handle, embeddings=self.embeddings, labels=self.labels, ids=self.ids)
+
+        return write_atomic(path, write)
+
+
+class Pretrained:
+    """A pretrained encoder with the preprocessing of its run (image size, normalization)."""
+
+    def __init__(self, run_dir: Path, config: Config, encoder: Encoder, device: torch.device) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.encoder = encoder
+        self.device = device
+
+    def load_data(self, source: str) -> ImageDataset:
+        data = self.config.data
+        return load_images(source, image_size=data.image_size, strict=data.strict, cache_dir=data.cache_dir)
+
+    def features(self, images: Tensor, batch_size: int | None = None) -> Tensor:
+        """Pooled features ``(N, embed_dim)`` of uint8 images ``(N, 3, H, W)``."""
+        augment = self.config.augment
+        return extract_features(
+            self.encoder,
+            images,
+            size=augment.size or images.shape[-1],
+            mean=augment.mean,
+            std=augment.std,
+            batch_size=batch_size or self.config.eval.batch_size,
+            device=self.device,
+        )
+
+    def embed(self, data: str | ImageDataset, batch_size: int | None = None) -> Embeddings:
+        dataset = self.load_data(data) if isinstance(data, str) else data
+        features = self.features(dataset.images, batch_size)
+        return Embeddings(
+            embeddings=features.numpy().astype(np.float32),
+            labels=dataset.labels.numpy().astype(np.int64),
+            ids=np.asarray(dataset.ids, dtype=str),
+        )
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
+    """Load the encoder of a run: its final ``encoder.safetensors``, else its latest checkpoint."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise ConfigError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
+    config = load_config(config_path)
+    encoder = ENCODERS.create(config.encoder.name, **config.encoder.params)
+    weights_path = run_dir / "encoder.safetensors"
+    if weights_path.exists():
+        weights = load_file(str(weights_path))
+    else:
+        latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            raise ConfigError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
+        model = ckpt.load_checkpoint(latest).model
+        weights = {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
+    encoder.load_state_dict(weights)
+    resolved = resolve_device(device)
+    encoder.to(resolved).eval()
+    return Pretrained(run_dir, config, encoder, resolved)
+
+
+def embed(run: str | Path | Pretrained, data: str, out: str | Path | None = None, device: str = "cpu") -> Embeddings:
+    """Embed every sample of ``data``; write ``embeddings``, ``labels`` and ``ids`` to ``out`` (.npz)."""
+    model = run if isinstance(run, Pretrained) else load(run, device)
+    result = model.embed(data)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def evaluate_knn(
+    run: str | Path | Pretrained,
+    train: str,
+    test: str,
+    *,
+    k: tuple[int, ...] | None = None,
+    temperature: float | None = None,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict[str, float]:
+    """kNN accuracy (top-1/top-5 in %) of frozen features; saved as JSON (default ``RUN/eval/knn.json``)."""
+    import json
+
+    model = run if isinstance(run, Pretrained) else load(run, device)
+    train_data, test_data = model.load_data(train), model.load_data(test)
+    if not train_data.has_labels:
+        raise ConfigError(f"kNN needs labels, but {train!r} has none (use class sub-folders or .cls files)")
+    probe = KNNProbe(
+        k=tuple(k or model.config.eval.knn_k), temperature=temperature or model.config.eval.knn_temperature
+    )
+    probe.fit(model.features(train_data.images), train_data.labels)
+    results = probe.evaluate(model.features(test_data.images), test_data.labels)
+    target = Path(out) if out is not None else model.run_dir / "eval" / "knn.json"
+    record = {"train": train, "test": test, **results}
+    write_text_atomic(target, json.dumps(record, indent=2) + "\n")
+    return results

@@ -1,0 +1,447 @@
+"""Batched image augmentations with per-sample parameters, and the samplers that draw them.
+
+Every operation works on a whole batch of float images in ``[0, 1]`` of shape ``(B, 3, H, W)``
+and takes its per-sample parameters as tensors of length ``B``, so it is a pure, deterministic
+function that tests can drive with hand-picked values. The ``sample_*`` helpers draw those
+parameters from a ``torch.Generator`` (on the generator's device, one draw for the whole
+batch), which is where all randomness lives. A view policy (:mod:`selfsup.augment.policies`)
+is a sampler call followed by an op call for each step.
+
+Definitions follow torchvision's (``RandomResizedCrop``, ``ColorJitter``, ``Grayscale``,
+``GaussianBlur``) and BYOL's solarization (Grill et al. 2020, appendix B), so recipes tuned
+with those transforms carry over. Deliberate differences are stated where they occur.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ITU-R 601-2 luma weights (PIL's "L" conversion).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Indices of the four colour-jitter operations in ``JitterParams.order``.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """Check a ``(B, 3, H, W)`` image batch and return it as float32 in ``[0, 1]``.
+
+    uint8 input is divided by 255; floating input (any precision) is taken to be in ``[0, 1]``
+    already and only cast to float32.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must have shape (B, 3, H, W) (RGB, channels first), got {tuple(images.shape)}; "
+            "convert grayscale to 3 channels and drop alpha before augmenting"
+        )
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.is_floating_point():
+        return images.float()
+    raise TypeError(f"images must be uint8 (0-255) or floating point (0-1), got {images.dtype}")
+
+
+def _per_sample(value: Tensor, batch: int, name: str, device: torch.device) -> Tensor:
+    if value.shape != (batch,):
+        raise ValueError(
+            f"{name} must have shape ({batch},) (one value per sample), got {tuple(value.shape)}"
+        )
+    return value.to(device)
+
+
+def _bcast(value: Tensor) -> Tensor:
+    """``(B,)`` → ``(B, 1, 1, 1)`` so that it scales whole images."""
+    return value.view(-1, 1, 1, 1)
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def sample_uniform(batch: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    """``(batch,)`` float32 values uniform in ``[low, high)``, on the generator's device."""
+    u = torch.rand(batch, generator=generator, device=generator.device)
+    return low + (high - low) * u
+
+
+def sample_bernoulli(batch: int, p: float, generator: torch.Generator) -> Tensor:
+    """``(batch,)`` bool, each True with probability ``p``, on the generator's device."""
+    return torch.rand(batch, generator=generator, device=generator.device) < p
+
+
+# ----------------------------------------------------------------------------- crop + flip
+
+
+def crop_boxes_from_uniforms(
+    u_area: Tensor,
+    u_log_ratio: Tensor,
+    u_offset: Tensor,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """torchvision's ``RandomResizedCrop.get_params``, for a batch, from given uniforms.
+
+    u_area, u_log_ratio: ``(B, T)`` uniforms in [0, 1), one column per try.
+    u_offset: ``(B, 2)`` uniforms in [0, 1) placing the chosen box (top, left).
+    Returns ``(B, 4)`` float32 boxes ``(top, left, box_height, box_width)`` in whole pixels.
+
+    Each try proposes an area fraction uniform in ``scale`` and an aspect ratio (w / h)
+    log-uniform in ``ratio``; sides are rounded to pixels. The first try that fits inside the
+    image is kept and placed uniformly over the integer positions. When none of the ``T``
+    tries fits, the fallback is torchvision's: the largest centred box whose aspect ratio is
+    clamped into ``ratio``. The tries run side by side for the whole batch instead of in a
+    loop, which gives the same boxes as the sequential loop given the same uniforms.
+    """
+    # float64 so that the rounding of the sides matches torchvision's Python floats.
+    u_area, u_log_ratio, u_offset = u_area.double(), u_log_ratio.double(), u_offset.double()
+    area = float(height * width)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_log_ratio)
+    # torch.round and Python's round both round half to even, as torchvision does.
+    box_w = torch.round(torch.sqrt(target_area * aspect))
+    box_h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    # argmax over an integer tensor returns the first maximum: the first try that fits.
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    any_fit = fits.any(dim=1)
+    box_h = box_h.gather(1, first).squeeze(1)
+    box_w = box_w.gather(1, first).squeeze(1)
+
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fb_w, fb_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fb_w, fb_h = round(height * max(ratio)), height
+    else:
+        fb_w, fb_h = width, height
+    box_h = torch.where(any_fit, box_h, torch.full_like(box_h, fb_h))
+    box_w = torch.where(any_fit, box_w, torch.full_like(box_w, fb_w))
+
+    # Uniform over the (height - box_h + 1) integer positions; min() guards u -> 1 rounding.
+    top = torch.minimum(torch.floor(u_offset[:, 0] * (height - box_h + 1)), height - box_h)
+    left = torch.minimum(torch.floor(u_offset[:, 1] * (width - box_w + 1)), width - box_w)
+    top = torch.where(any_fit, top, torch.full_like(top, (height - fb_h) // 2))
+    left = torch.where(any_fit, left, torch.full_like(left, (width - fb_w) // 2))
+    return torch.stack([top, left, box_h, box_w], dim=1).float()
+
+
+def sample_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> Tensor:
+    """Draw ``(B, 4)`` crop boxes ``(top, left, h, w)`` like ``RandomResizedCrop`` (10 tries)."""
+    dev = generator.device
+    u_area = torch.rand(batch, tries, generator=generator, device=dev)
+    u_log_ratio = torch.rand(batch, tries, generator=generator, device=dev)
+    u_offset = torch.rand(batch, 2, generator=generator, device=dev)
+    return crop_boxes_from_uniforms(u_area, u_log_ratio, u_offset, height, width, scale, ratio)
+
+
+def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop each image to its box, resize to ``size × size`` and optionally mirror it, in one resampling.
+
+    images: ``(B, C, H, W)`` float. boxes: ``(B, 4)`` ``(top, left, box_h, box_w)`` in pixels
+    (fractional values allowed). flip: ``(B,)`` bool, mirror left-right. Returns ``(B, C, size, size)``.
+
+    One affine grid per sample maps the output square onto the box (a negative x scale does
+    the flip), and ``grid_sample`` interpolates bilinearly with ``align_corners=False``: output
+    pixel ``k`` samples input column ``left + (k + 0.5) * box_w / size - 0.5``, the same
+    sampling positions as slicing the box and calling ``F.interpolate(mode="bilinear")``.
+    Two differences: next to a box edge inside the image the neighbouring pixel outside the box
+    is blended in (``interpolate`` on the slice repeats the edge pixel instead), and there is no
+    antialiasing when shrinking a large box, as with torchvision's ``antialias=False``.
+    """
+    batch, _, height, width = images.shape
+    boxes = boxes.to(device=images.device, dtype=torch.float32)
+    if boxes.shape != (batch, 4):
+        raise ValueError(f"boxes must have shape ({batch}, 4) as (top, left, h, w), got {tuple(boxes.shape)}")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    top, left, box_h, box_w = boxes.unbind(1)
+    scale_x = box_w / width
+    scale_y = box_h / height
+    if flip is not None:
+        flip = _per_sample(flip, batch, "flip", images.device)
+        scale_x = torch.where(flip, -scale_x, scale_x)
+    # Normalised coordinates span pixel edges: -1 is the left edge of column 0, +1 the right
+    # edge of column W-1 (align_corners=False), so the box centre is (2 * left + w) / W - 1.
+    centre_x = (2 * left + box_w) / width - 1
+    centre_y = (2 * top + box_h) / height - 1
+    zeros = torch.zeros_like(scale_x)
+    theta = torch.stack(
+        [torch.stack([scale_x, zeros, centre_x], 1), torch.stack([zeros, scale_y, centre_y], 1)], 1
+    )
+    grid = F.affine_grid(theta, [batch, images.shape[1], size, size], align_corners=False)
+    # "border" clamps samples that fall half a pixel outside the image onto the edge pixel,
+    # as F.interpolate does, instead of blending towards zero.
+    return F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B``: ``(B, 3, H, W)`` → ``(B, 1, H, W)``."""
+    weights = images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def random_grayscale(images: Tensor, apply: Tensor) -> Tensor:
+    """Replace the images where ``apply`` (``(B,)`` bool) is True by their luma on all 3 channels."""
+    apply = _per_sample(apply, images.shape[0], "apply", images.device)
+    return torch.where(_bcast(apply), grayscale(images).expand_as(images), images)
+
+
+def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """torchvision's blend: ``factor * images + (1 - factor) * other``, clamped to [0, 1]."""
+    f = _bcast(factor)
+    return (f * images + (1 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
+    """Multiply each image by its ``factor`` (``(B,)``) and clamp to [0, 1].
+
+    The multiplicative form of torchvision and SimCLR v2's code; BYOL's code adds a delta instead.
+    """
+    factor = _per_sample(factor, images.shape[0], "brightness factor", images.device)
+    return (images * _bcast(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with the mean of its grayscale image (one scalar per sample), as torchvision.
+
+    factor: ``(B,)``; 0 gives a flat grey image, 1 the input. (TensorFlow, used by the SimCLR and
+    BYOL code, takes the mean of each channel separately instead.)
+    """
+    factor = _per_sample(factor, images.shape[0], "contrast factor", images.device)
+    mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(images, mean, factor)
+
+
+def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with its grayscale version, as torchvision. factor: ``(B,)``; 0 is gray."""
+    factor = _per_sample(factor, images.shape[0], "saturation factor", images.device)
+    return _blend(images, grayscale(images), factor)
+
+
+def _value_chroma_hue(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(B, 3, H, W)`` RGB → value (max), chroma (max - min), hue in sixths of a turn.
+
+    Each is ``(B, 1, H, W)``. The hue is in ``(-1, 5]`` (not yet wrapped) and 0 where the
+    chroma is 0 (gray pixels).
+    """
+    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    value = images.amax(dim=1, keepdim=True)
+    chroma = value - images.amin(dim=1, keepdim=True)
+    # The hue sector is set by whichever channel is largest (red wins ties, then green, as in
+    # colorsys); neighbouring sectors agree at ties.
+    numerator = torch.where(
+        red == value,
+        green - blue,
+        torch.where(green == value, blue - red + 2.0 * chroma, red - green + 4.0 * chroma),
+    )
+    return value, chroma, numerator / torch.where(chroma > 0, chroma, 1.0)
+
+
+def _rgb_from_hue(value: Tensor, chroma: Tensor, hue_sixths: Tensor) -> Tensor:
+    """Closed-form HSV → RGB: ``c_n = v - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``.
+
+    ``n = 5, 3, 1`` for R, G, B; needs no per-sector branching, and any real ``hue_sixths``
+    (it is wrapped here). Inputs ``(B, 1, H, W)``, output ``(B, 3, H, W)``.
+    """
+    n = value.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    k = torch.remainder(n + hue_sixths, 6.0)
+    return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+
+
+def rgb_to_hsv(images: Tensor) -> Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] → HSV with every channel in [0, 1] (hue as a fraction of a turn).
+
+    Hue is 0 for gray pixels and saturation 0 for black ones, as in ``colorsys``.
+    """
+    value, chroma, hue_sixths = _value_chroma_hue(images)
+    saturation = chroma / torch.where(value > 0, value, 1.0)
+    return torch.cat([torch.remainder(hue_sixths / 6.0, 1.0), saturation, value], dim=1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """``(B, 3, H, W)`` HSV in [0, 1] → RGB in [0, 1]."""
+    hue, saturation, value = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
+    return _rgb_from_hue(value, value * saturation, 6.0 * hue)
+
+
+def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each image by ``shift`` (``(B,)``, fraction of a turn in [-0.5, 0.5]).
+
+    The same result as torchvision's RGB → HSV → shift → RGB round trip; saturation is never
+    formed because ``v * s`` is the chroma, which saves a division and a multiplication per pixel.
+    """
+    shift = _per_sample(shift, images.shape[0], "hue shift", images.device)
+    value, chroma, hue_sixths = _value_chroma_hue(images)
+    return _rgb_from_hue(value, chroma, hue_sixths + 6.0 * _bcast(shift))
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    """Per-sample colour-jitter parameters for a batch of ``B`` images.
+
+    brightness, contrast, saturation: ``(B,)`` multiplicative factors, or None to skip the op.
+    hue: ``(B,)`` hue shifts (fraction of a turn), or None to skip.
+    apply: ``(B,)`` bool; samples where it is False are returned unchanged.
+    order: a permutation of ``(BRIGHTNESS, CONTRAST, SATURATION, HUE)``, shared by the batch.
+    """
+
+    brightness: Tensor | None
+    contrast: Tensor | None
+    saturation: Tensor | None
+    hue: Tensor | None
+    apply: Tensor
+    order: tuple[int, ...] = (BRIGHTNESS, CONTRAST, SATURATION, HUE)
+
+
+def sample_color_jitter(
+    batch: int,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p: float,
+    generator: torch.Generator,
+) -> JitterParams:
+    """Draw torchvision ``ColorJitter`` parameters per sample, applied with probability ``p``.
+
+    Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for brightness, contrast and saturation
+    strength ``s`` and the hue shift uniform in ``[-hue, hue]``; a strength of 0 skips that op.
+
+    The order of the four ops is one random permutation for the whole batch, where torchvision
+    and the SimCLR/BYOL code draw one per image. Batched, a per-sample order would cost either 24
+    sub-batches (one per permutation) or running all four ops at each of the four positions
+    (4x the work); one shared order keeps jitter at four batched ops. Each view of a policy
+    draws its own order, and the factors stay per sample.
+
+    The order is drawn with ``torch.randperm`` and read back to Python, which is one host sync
+    per call on CUDA.
+    """
+    factors: list[Tensor | None] = []
+    for strength in (brightness, contrast, saturation):
+        draw = sample_uniform(batch, max(0.0, 1.0 - strength), 1.0 + strength, generator)
+        factors.append(draw if strength > 0 else None)
+    shift = sample_uniform(batch, -hue, hue, generator)
+    apply = sample_bernoulli(batch, p, generator)
+    order = torch.randperm(4, generator=generator, device=generator.device).tolist()
+    return JitterParams(factors[0], factors[1], factors[2], shift if hue > 0 else None, apply, tuple(order))
+
+
+def color_jitter(images: Tensor, params: JitterParams) -> Tensor:
+    """Apply brightness, contrast, saturation and hue jitter in ``params.order``.
+
+    images: ``(B, 3, H, W)`` in [0, 1]. Each op clamps to [0, 1] like torchvision. Samples whose
+    ``params.apply`` is False come back bit-identical.
+    """
+    ops = {
+        BRIGHTNESS: (adjust_brightness, params.brightness),
+        CONTRAST: (adjust_contrast, params.contrast),
+        SATURATION: (adjust_saturation, params.saturation),
+        HUE: (adjust_hue, params.hue),
+    }
+    if sorted(params.order) != [BRIGHTNESS, CONTRAST, SATURATION, HUE]:
+        raise ValueError(f"order must be a permutation of (0, 1, 2, 3), got {params.order}")
+    out = images
+    for index in params.order:
+        op, value = ops[index]
+        if value is not None:
+            out = op(out, value)
+    apply = _per_sample(params.apply, images.shape[0], "apply", images.device)
+    return torch.where(_bcast(apply), out, images)
+
+
+# ----------------------------------------------------------------------------- blur, solarize, normalize
+
+
+def blur_kernel_size(size: int, fraction: float = 0.1) -> int:
+    """Odd kernel size of about ``fraction * size``, at least 3.
+
+    Computed as in the SimCLR and BYOL code: radius ``int(fraction * size / 2)``, size
+    ``2 * radius + 1`` (23 at 224 pixels, 9 at 96, 3 at 32).
+    """
+    return max(3, 2 * int(fraction * size / 2) + 1)
+
+
+def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
+    """``(B,)`` standard deviations → ``(B, kernel_size)`` normalised 1-D Gaussian kernels."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
+    radius = kernel_size // 2
+    dtype = sigma.dtype if sigma.is_floating_point() else torch.float32
+    x = torch.arange(-radius, radius + 1, device=sigma.device, dtype=dtype)
+    weights = torch.exp(-0.5 * (x.view(1, -1) / sigma.to(dtype).view(-1, 1)) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int, apply: Tensor | None = None) -> Tensor:
+    """Blur each image with its own Gaussian (``sigma``: ``(B,)``), separably, with reflect padding.
+
+    images: ``(B, C, H, W)``; apply: optional ``(B,)`` bool, unblurred samples come back unchanged.
+    All ``B * C`` planes go through one grouped convolution per direction (one group per plane),
+    so the batch costs two convolutions whatever the sigmas. Padding is reflect, as torchvision;
+    the SimCLR and BYOL code pad with zeros ("SAME").
+    """
+    batch, channels, height, width = images.shape
+    sigma = _per_sample(sigma, batch, "sigma", images.device)
+    radius = kernel_size // 2
+    if radius >= min(height, width):
+        raise ValueError(
+            f"blur kernel size {kernel_size} needs images larger than {radius} pixels, got {height}x{width}"
+        )
+    kernels = gaussian_kernels(sigma, kernel_size).to(images.dtype).repeat_interleave(channels, dim=0)
+    planes = images.reshape(1, batch * channels, height, width)
+    planes = F.pad(planes, (radius, radius, 0, 0), mode="reflect")
+    planes = F.conv2d(planes, kernels.view(-1, 1, 1, kernel_size), groups=batch * channels)
+    planes = F.pad(planes, (0, 0, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, kernels.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    blurred = planes.view(batch, channels, height, width)
+    if apply is None:
+        return blurred
+    apply = _per_sample(apply, batch, "apply", images.device)
+    return torch.where(_bcast(apply), blurred, images)
+
+
+def solarize(images: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
+    """Invert pixels ``>= threshold`` (``x → 1 - x``) in the images where ``apply`` (``(B,)``) is True.
+
+    BYOL (Grill et al. 2020, appendix B) with images in [0, 1] and threshold 0.5.
+    """
+    apply = _per_sample(apply, images.shape[0], "apply", images.device)
+    return torch.where(_bcast(apply) & (images >= threshold), 1.0 - images, images)
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(images - mean) / std`` per channel; ``mean`` and ``std`` have one entry per channel."""
+    channels = images.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need {channels} values each, got {list(mean)} and {list(std)}")
+    mean_t = images.new_tensor(mean).view(1, -1, 1, 1)
+    std_t = images.new_tensor(std).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t

@@ -1,0 +1,392 @@
+"""Typed configuration: dataclasses, YAML recipes and ``key=value`` overrides.
+
+One :class:`Config` describes a run completely; it is saved resolved in every run directory
+(``config.yaml``) so that a run can be resumed or reproduced. Unknown keys are rejected with a
+"did you mean" suggestion; override values are parsed with ``yaml.safe_load`` (never ``eval``).
+
+Components chosen from a registry (method, encoder, view policy) are a ``name`` plus free
+keyword ``params``: ``method=byol``, ``method.base_momentum=0.99`` or ``encoder.stem=cifar``.
+Their keys are checked against the registered factory's signature by :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.registry import suggest
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class Component:
+    """A registered component: its name and keyword arguments for its factory."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    """What to pretrain on: a folder, tar shards (path, list or glob), a CIFAR pickle dir, .npy/.npz, or digits."""
+    image_size: int | None = None
+    """Decode every image to this square size (shorter side + center crop); None keeps a common native size."""
+    max_samples: int | None = None
+    """Use at most this many samples (the first ones in source order)."""
+    strict: bool = False
+    """Raise on the first unreadable input instead of skipping and counting it."""
+    cache_dir: str | None = None
+    """Keep decoded data sets here (safetensors) so that the next run skips decoding."""
+    val: str | None = None
+    """Labeled source for the periodic kNN monitor; default: a held-out part of the labeled training data."""
+
+
+@dataclass
+class AugmentConfig:
+    policy: str | None = None
+    """View policy (see `selfsup list`); None uses the method's own (SimCLR's or BYOL's)."""
+    size: int | None = None
+    """Output crop size; None uses the decoded image size."""
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    params: dict[str, Any] = field(default_factory=dict)
+    """Options of the view policy (e.g. crop_scale, blur_p); checked against the policy's signature."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"
+    lr: float = 0.3
+    """Base learning rate, for a batch of 256 when lr_scaling is 'linear' (lr = lr * batch / 256)."""
+    lr_scaling: str = "linear"
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eta: float = 0.001
+    """LARS trust coefficient."""
+    warmup_steps: int | None = None
+    """Linear warm-up length; None means 10% of the steps."""
+    final_lr: float = 0.0
+    clip_grad: float | None = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 256
+    """Global batch per optimizer step, summed over processes and accumulation micro-batches."""
+    accumulate: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
+    seed: int = 0
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    precision: str = "auto"
+    """bf16, fp32, or auto: bf16 on GPUs and on CPUs with native bf16 instructions."""
+    channels_last: bool = True
+    sync_bn: bool = False
+    """Synchronize BatchNorm statistics across processes."""
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    knn_every: int | None = None
+    """Run the kNN monitor every N steps; None: five times per run; 0: only at the end. Needs labels."""
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this many steps in this invocation, e.g. to fit a job time limit."""
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn_k: tuple[int, ...] = (20, 200)
+    knn_temperature: float = 0.07
+    batch_size: int = 256
+    monitor_samples: int = 5000
+    """Labeled samples used by the periodic kNN monitor."""
+
+
+@dataclass
+class Config:
+    method: Component = field(default_factory=lambda: Component("simclr"))
+    encoder: Component = field(default_factory=lambda: Component("resnet18"))
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    expected: dict[str, Any] = field(default_factory=dict)
+    """Free-form: what a recipe is expected to reach, and where the numbers come from."""
+
+
+# Keys that may differ between a run and its resumption: they do not change the maths.
+RUNTIME_KEYS = frozenset({"train.stop_after", "train.progress", "train.device", "data.cache_dir"})
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+    return _plain(asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("params", "expected"):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from a nested dict (a recipe), rejecting unknown keys."""
+    config = Config()
+    apply_dict(config, data)
+    return config
+
+
+def apply_dict(config: Config, data: dict[str, Any], prefix: str = "") -> None:
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("params", "expected"):
+            target = _resolve(config, prefix + key)
+            if isinstance(target, Component) or is_dataclass(target):
+                apply_dict(config, value, prefix + key + ".")
+                continue
+        set_value(config, prefix + key, value)
+
+
+def _section_fields(obj: Any) -> list[str]:
+    return [f.name for f in fields(obj)]
+
+
+def _resolve(config: Config, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        if not is_dataclass(obj):
+            return None
+        if part not in _section_fields(obj):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_value(config: Config, dotted: str, value: Any) -> None:
+    """Set ``section.key`` (or ``method.<param>`` for a component) with type coercion."""
+    parts = dotted.split(".")
+    obj: Any = config
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        is_last = depth == len(parts) - 1
+        if isinstance(obj, Component) and part not in ("name", "params"):
+            # method.temperature=0.2 -> method.params["temperature"]; checked against the factory later
+            obj.params[".".join(parts[depth:])] = value
+            return
+        names = _section_fields(obj)
+        if part not in names:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(
+                f"unknown config key {path!r}.{suggest(part, names)} Keys under {where}: {', '.join(names)}."
+            )
+        if is_last:
+            current = getattr(obj, part)
+            if isinstance(current, Component):
+                if isinstance(value, str):
+                    current.name = value
+                    return
+                if isinstance(value, dict):
+                    apply_dict(config, value, path + ".")
+                    return
+                raise ConfigError(f"{path!r} takes a registered name, got {value!r}")
+            if part == "params" and isinstance(value, dict):
+                getattr(obj, part).update(value)
+                return
+            setattr(obj, part, _coerce(path, value, _field_type(obj, part), current))
+            return
+        obj = getattr(obj, part)
+        if not (is_dataclass(obj) or isinstance(obj, Component)):
+            raise ConfigError(f"{path!r} is a value, not a section; cannot set {dotted!r}")
+
+
+def _field_type(obj: Any, name: str) -> str:
+    for f in fields(obj):
+        if f.name == name:
+            return str(f.type)
+    raise AssertionError(name)
+
+
+def _coerce(path: str, value: Any, type_name: str, current: Any) -> Any:
+    """Check and convert a parsed value against the field's annotation (a string under PEP 563)."""
+    optional = "None" in type_name
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path!r} cannot be null")
+    base = type_name.replace(" | None", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if base == "int":
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise TypeError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base == "str":
+            if not isinstance(value, str | int | float):
+                raise TypeError
+            return str(value)
+        if base.startswith("tuple"):
+            if not isinstance(value, list | tuple):
+                value = [value]
+            item = float if "float" in base else int
+            items = tuple(item(v) for v in value)
+            if "..." not in base and current is not None and len(items) != len(current):
+                raise ConfigError(f"{path!r} takes {len(current)} values, got {len(items)}")
+            return items
+        if base.startswith("dict"):
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path!r} expects {type_name}, got {value!r}") from None
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.lr=0.1'`` → ``('optim.lr', 0.1)``; values are YAML scalars/lists, never evaluated code."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.lr=0.1)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot parse the value of {key!r}: {error}") from None
+    return key, value
+
+
+def apply_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        set_value(config, key, value)
+    return config
+
+
+def recipe_names() -> list[str]:
+    root = importlib.resources.files("selfsup") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Read a YAML recipe from a path, or by name from the packaged ``selfsup/recipes``."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        packaged = importlib.resources.files("selfsup") / "recipes" / f"{name_or_path}.yaml"
+        if not packaged.is_file():
+            names = recipe_names()
+            raise ConfigError(
+                f"no recipe {name_or_path!r} (neither a YAML file nor a packaged recipe)."
+                f"{suggest(name_or_path, names)} Packaged: {', '.join(names)}."
+            )
+        text = packaged.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {name_or_path!r} must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path) -> Config:
+    return from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Flattened keys whose values differ between two configs."""
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def validate(config: Config) -> None:
+    """Check names and component parameters against the registries, and basic ranges."""
+    from selfsup.augment import VIEW_POLICIES
+    from selfsup.encoders import ENCODERS
+    from selfsup.methods import METHODS
+
+    for label, registry, component, provided in (
+        ("method", METHODS, config.method, ("encoder",)),
+        ("encoder", ENCODERS, config.encoder, ()),
+    ):
+        try:
+            registry.get(component.name)
+            registry.check_kwargs(component.name, component.params, provided=provided)
+        except (KeyError, TypeError) as error:
+            raise ConfigError(f"{label}: {error}") from None
+    if config.augment.policy is not None:
+        try:
+            VIEW_POLICIES.get(config.augment.policy)
+        except KeyError as error:
+            raise ConfigError(f"augment.policy: {error}") from None
+    policy = config.augment.policy or METHODS.get(config.method.name).default_view_policy
+    try:
+        VIEW_POLICIES.check_kwargs(policy, config.augment.params, provided=("size", "mean", "std"))
+    except TypeError as error:
+        raise ConfigError(f"augment.params: {error}") from None
+    t = config.train
+    for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.accumulate", t.accumulate)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
+    if config.optim.lr_scaling not in ("linear", "sqrt", "none"):
+        raise ConfigError(f"optim.lr_scaling must be linear, sqrt or none, got {config.optim.lr_scaling!r}")
+
+
+def replace(config: Config) -> Config:
+    """A deep copy (configs are mutated by overrides)."""
+    return from_dict(to_dict(config)) if config is not None else Config()
+
+
+__all__ = [
+    "RUNTIME_KEYS",
+    "Component",
+    "Config",
+    "ConfigError",
+    "apply_overrides",
+    "differences",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "load_recipe",
+    "parse_override",
+    "recipe_names",
+    "to_dict",
+    "validate",
+]

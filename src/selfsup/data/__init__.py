@@ -1,0 +1,28 @@
+"""Data: sources that decode image data sets once into uint8 tensors, and their disk cache.
+
+Importing this package registers every image source in :data:`SOURCES`
+(``digits``, ``cifar``, ``arrays``, ``shards``, ``folder``); :func:`load_images` is the entry point.
+"""
+
+from selfsup.data.base import SOURCES, UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.cache import CacheWarning
+from selfsup.data.sources import (
+    IMAGE_EXTENSIONS,
+    SPEC_FORMS,
+    describe,
+    load_images,
+    resolve_spec,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SOURCES",
+    "SPEC_FORMS",
+    "UNKNOWN_LABEL",
+    "CacheWarning",
+    "DataError",
+    "ImageDataset",
+    "describe",
+    "load_images",
+    "resolve_spec",
+]

@@ -1,0 +1,164 @@
+"""On-disk cache of decoded image data sets, so a data set is decoded once across runs.
+
+One cache entry is one ``safetensors`` file named by a content key:
+
+* ``images`` — ``(N, 3, H, W)`` uint8 and ``labels`` — ``(N,)`` int64, exactly as in the
+  :class:`~selfsup.data.base.ImageDataset`;
+* ``meta`` — a uint8 tensor holding UTF-8 JSON with ``ids``, ``classes``, ``skipped`` and
+  ``source`` (kept as a tensor rather than in the safetensors header, whose size is capped, so
+  that a million ids still fit).
+
+The key is the sha256 of the source kind and spec, the sorted input files with their sizes and
+modification times, ``image_size`` and ``max_samples``: touching or replacing an input file
+makes a new entry instead of serving stale pixels. Writes go to a temporary file in the same
+directory followed by ``os.replace``, so a crash or a concurrent reader never sees half a file.
+A file that fails to load or to validate is ignored with a warning (and then overwritten by the
+rebuilt entry). Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from selfsup.data.base import ImageDataset
+
+# Bump when the decoding itself changes (resize rule, colour conversion, ...): old entries then
+# stop matching instead of silently serving pixels produced by the previous rule.
+CACHE_FORMAT_VERSION = 1
+_FORMAT_NAME = "selfsup.images"
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be used (corrupt, unreadable or not writable); the data is decoded again."""
+
+
+def cache_key(
+    kind: str,
+    spec: str,
+    inputs: Sequence[str | Path],
+    *,
+    image_size: int | None,
+    max_samples: int | None,
+) -> str:
+    """Hex sha256 naming the decoded form of ``spec`` given the current state of its input files.
+
+    ``inputs`` are the files the source reads; each contributes its absolute path, size and
+    ``st_mtime_ns``. A missing file contributes its path only, so the key is still defined.
+    """
+    files = []
+    for path in sorted({str(Path(p).expanduser().resolve()) for p in inputs}):
+        try:
+            stat = os.stat(path)
+            files.append([path, stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            files.append([path, None, None])
+    payload = {
+        "format": _FORMAT_NAME,
+        "version": CACHE_FORMAT_VERSION,
+        "kind": kind,
+        "spec": spec,
+        "files": files,
+        "image_size": image_size,
+        "max_samples": max_samples,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: str) -> Path:
+    """Where the entry for ``key`` lives inside ``cache_dir``."""
+    return Path(cache_dir).expanduser() / f"images-{key}.safetensors"
+
+
+def load_cached(cache_dir: str | Path, key: str) -> ImageDataset | None:
+    """The cached data set for ``key``, or None when there is no usable entry.
+
+    A corrupt entry (truncated, wrong key, inconsistent shapes) gives a :class:`CacheWarning` and None.
+    """
+    path = cache_path(cache_dir, key)
+    if not path.is_file():
+        return None
+    try:
+        return _read_entry(path, key)
+    # Any failure to read a cache file (truncated header, bad JSON, wrong dtype, ...) means the same
+    # thing: the entry is unusable and the data is decoded again.
+    except Exception as error:
+        warnings.warn(
+            f"ignoring corrupt data cache file {path} ({type(error).__name__}: {error}); "
+            "decoding the data again and rewriting it",
+            CacheWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _read_entry(path: Path, key: str) -> ImageDataset:
+    tensors = load_file(str(path))
+    with open(path, "rb") as handle:
+        # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
+        header_len = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_len))
+    metadata = header.get("__metadata__", {})
+    if metadata.get("format") != _FORMAT_NAME or metadata.get("key") != key:
+        raise ValueError("the file's recorded key does not match its name")
+    meta = json.loads(tensors["meta"].numpy().tobytes().decode("utf-8"))
+    classes = meta["classes"]
+    return ImageDataset(
+        images=tensors["images"],
+        labels=tensors["labels"],
+        ids=[str(i) for i in meta["ids"]],
+        source=str(meta["source"]),
+        classes=None if classes is None else [str(c) for c in classes],
+        skipped=[(str(i), str(r)) for i, r in meta["skipped"]],
+    )
+
+
+def save_cached(cache_dir: str | Path, key: str, dataset: ImageDataset) -> Path | None:
+    """Write ``dataset`` as the entry for ``key`` atomically; returns its path.
+
+    A cache that cannot be written (read-only directory, full disk) is not fatal: it gives a
+    :class:`CacheWarning` and returns None, since the data set itself was decoded fine.
+    """
+    directory = Path(cache_dir).expanduser()
+    path = cache_path(directory, key)
+    meta = json.dumps(
+        {
+            "ids": dataset.ids,
+            "classes": dataset.classes,
+            "skipped": [list(s) for s in dataset.skipped],
+            "source": dataset.source,
+        }
+    ).encode("utf-8")
+    tensors = {
+        "images": dataset.images.contiguous(),
+        "labels": dataset.labels.contiguous(),
+        "meta": torch.from_numpy(np.frombuffer(meta, dtype=np.uint8).copy()),
+    }
+    metadata = {"format": _FORMAT_NAME, "version": str(CACHE_FORMAT_VERSION), "key": key}
+    tmp_name: str | None = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # The temporary file sits in the same directory so that os.replace is a same-filesystem rename.
+        with tempfile.NamedTemporaryFile(
+            dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            tmp_name = handle.name
+        save_file(tensors, tmp_name, metadata=metadata)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as error:
+        warnings.warn(f"could not write data cache file {path}: {error}", CacheWarning, stacklevel=2)
+        return None
+    finally:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path

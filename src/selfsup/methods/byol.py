@@ -1,0 +1,87 @@
+"""BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020).
+
+An online network (encoder → projector → predictor) regresses the projection that a slowly
+moving EMA copy of itself (the target: encoder → projector) gives for the other view. No
+negatives; the predictor and the EMA target prevent collapse. The target is updated once per
+optimizer step, with the cosine momentum schedule of the paper, in :meth:`on_optimizer_step`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.encoders.base import Encoder
+from selfsup.heads import MLPHead
+from selfsup.losses import byol as byol_loss
+from selfsup.methods.base import METHODS, Method, MethodOutput, Views
+from selfsup.teacher import EMATeacher
+from selfsup.train.schedules import cosine_momentum
+
+
+class _Branch(nn.Module):
+    """encoder → pooled → projector, the part shared by the online network and its EMA target."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.encoder(x).pooled)
+
+
+@METHODS.register("byol")
+class BYOL(Method):
+    """BYOL (Grill et al. 2020).
+
+    Args:
+        encoder: any encoder of the Encoder contract.
+        projection_dim: projector/predictor output size (256 in the paper).
+        hidden_dim: projector/predictor hidden size (4096 in the paper).
+        base_momentum: target EMA decay at step 0 (0.996 in the paper).
+        final_momentum: target EMA decay at the last step (1.0 in the paper).
+    """
+
+    default_view_policy = "byol"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        projection_dim: int = 256,
+        hidden_dim: int = 4096,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+    ) -> None:
+        super().__init__(encoder)
+        if not 0.0 <= base_momentum <= final_momentum <= 1.0:
+            raise ValueError(
+                f"need 0 <= base_momentum <= final_momentum <= 1, got {base_momentum}, {final_momentum}"
+            )
+        self.projector = MLPHead(encoder.embed_dim, hidden_dim, projection_dim)
+        self.predictor = MLPHead(projection_dim, hidden_dim, projection_dim)
+        self.target = EMATeacher(self._online())
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self.last_momentum = base_momentum  # the decay of the latest target update, for logging
+
+    def _online(self) -> _Branch:
+        # Built on demand so that the encoder is registered once (as `encoder`) in the state dict.
+        return _Branch(self.encoder, self.projector)
+
+    def forward(self, views: Views, step: int) -> MethodOutput:
+        if views.num_global != 2 or len(views.crops) != 2:
+            raise ValueError("BYOL takes exactly two global views per sample")
+        view1, view2 = views.crops
+        online = self._online()
+        # Each view separately, as in the authors' implementation (BatchNorm statistics per view).
+        p1, p2 = self.predictor(online(view1)).float(), self.predictor(online(view2)).float()
+        t1, t2 = self.target(view1).float(), self.target(view2).float()
+        # The paper's symmetrized loss is the sum of the two directions (eq. 2 and L + L~).
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        logs = {"target_momentum": torch.tensor(self.last_momentum)}
+        return MethodOutput(loss=loss, logs=logs, embeddings=p1.detach())
+
+    def on_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.last_momentum = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
+        self.target.update(self._online(), self.last_momentum)

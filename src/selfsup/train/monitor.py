@@ -1,0 +1,117 @@
+"""Watching a run: metrics to JSONL and TensorBoard, a progress bar, a collapse detector."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    Only the main process writes; other processes get a logger whose methods do nothing.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self._file = None
+        self._writer = None
+        if not enabled:
+            return
+        self._file = (run_dir / "metrics.jsonl").open("a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but stay usable without it
+                warnings.warn("tensorboard is not installed; metrics go to metrics.jsonl only", stacklevel=2)
+
+    def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: _scalar(v) for k, v in metrics.items()}}
+        assert self._file is not None
+        self._file.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().float().item()
+    return value
+
+
+def read_metrics(run_dir: Path, kind: str | None = "train") -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def progress_bar(total: int, initial: int, *, enabled: bool, unit: str = "step") -> tqdm:
+    """A tqdm bar over optimizer steps; throughput (img/s) and loss are set as its postfix."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
+
+
+def normalized_embedding_std(embeddings: Tensor) -> float:
+    """Mean per-dimension std of L2-normalized embeddings, times sqrt(D).
+
+    About 1 for embeddings spread over the sphere, 0 when every sample maps to the same point
+    (complete collapse). SimSiam (Chen & He 2021, fig. 2) tracks the unscaled version, whose
+    healthy value is 1/sqrt(D).
+    """
+    z = torch.nn.functional.normalize(embeddings.detach().float(), dim=1)
+    if z.shape[0] < 2:
+        return float("nan")
+    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+
+
+class CollapseDetector:
+    """Warns once when the normalized embedding std stays below ``threshold`` for ``patience`` checks."""
+
+    def __init__(self, threshold: float = 0.05, patience: int = 3) -> None:
+        self.threshold = threshold
+        self.patience = patience
+        self.low_count = 0
+        self.warned = False
+
+    def update(self, value: float, step: int) -> bool:
+        """Record one measurement; return True the first time collapse is declared."""
+        self.low_count = self.low_count + 1 if value < self.threshold else 0
+        if self.low_count >= self.patience and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"embeddings look collapsed at step {step}: normalized per-dimension std {value:.3f} "
+                f"(about 1 is healthy, 0 is collapse). Check the learning rate, the augmentations "
+                "and, for BYOL, the predictor and EMA momentum.",
+                stacklevel=2,
+            )
+            return True
+        return False
