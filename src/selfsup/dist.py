@@ -155,7 +155,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         # Clone: autograd may hand the same buffer to other consumers; all_reduce works in place.
         grad = grad.contiguous().clone()
-        pass  # MUT
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
 
 

@@ -195,18 +195,23 @@ def _bn_reference(num_features: int, momentum: float | None, state: dict) -> nn.
     return bn
 
 
-def _bn_run(bn: nn.Module, steps: list[tuple[np.ndarray, np.ndarray]], scale: float) -> dict:
+def _bn_run(
+    bn: nn.Module,
+    steps: list[tuple[np.ndarray, np.ndarray]],
+    scale: float,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """Two training steps (loss = scale · Σ y·G, gradients accumulate), then an eval forward."""
     outputs, input_grads = [], []
-    bn.train()
+    bn.to(dtype).train()
     for x_np, g_np in steps:
-        x = torch.tensor(x_np, requires_grad=True)
+        x = torch.tensor(x_np, dtype=dtype, requires_grad=True)
         y = bn(x)
-        (scale * (y * torch.tensor(g_np)).sum()).backward()
+        (scale * (y * torch.tensor(g_np, dtype=dtype)).sum()).backward()
         outputs.append(y.detach().numpy())
         input_grads.append(x.grad.numpy())
     bn.eval()
-    evaluated = bn(torch.tensor(steps[0][0])).detach().numpy()
+    evaluated = bn(torch.tensor(steps[0][0], dtype=dtype)).detach().numpy()
     return {
         "outputs": outputs,
         "input_grads": input_grads,
@@ -236,7 +241,7 @@ def _bn_cases(seed: int) -> list[dict]:
                 # A large common offset: the variance must not cancel catastrophically.
                 "steps": [
                     (
-                        (rng.standard_normal((total, *shape)) * 2.0 + 50.0).astype(np.float32),
+                        (rng.standard_normal((total, *shape)) * 2.0 + 1000.0).astype(np.float32),
                         rng.standard_normal((total, *shape)).astype(np.float32),
                     )
                     for _ in range(2)
@@ -274,7 +279,7 @@ def test_sync_batchnorm_two_ranks_equal_batchnorm_on_global_batch() -> None:
             np.testing.assert_allclose(grad, reference["input_grads"][step], rtol=1e-4, atol=1e-5)
         for key in ("weight_grad", "bias_grad"):
             ddp_mean = np.mean([r[key] for r in per_rank], axis=0)
-            np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=1e-4)
         for r in per_rank:
             np.testing.assert_allclose(r["running_mean"], reference["running_mean"], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(r["running_var"], reference["running_var"], rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import tarfile
 import warnings
 from pathlib import Path
@@ -49,7 +50,7 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 
 def chw(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1)
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
@@ -260,23 +261,43 @@ def test_tar_glob_and_comma_list(tmp_path: Path) -> None:
         load_images(f"{tmp_path / 'part-0.tar'},{tmp_path / 'missing.tar'}")
 
 
-def test_truncated_shard_and_early_stop(tmp_path: Path) -> None:
+def test_truncated_or_corrupt_shard_is_reported(tmp_path: Path) -> None:
     members = []
-    for i in range(6):
-        members += [(f"k{i}.png", png_bytes(rgb(32, 32, i))), (f"k{i}.cls", str(i % 3).encode())]
+    for i in range(4):
+        members += [(f"k{i}.png", png_bytes(rgb(8, 8, i))), (f"k{i}.cls", str(i % 3).encode())]
     write_tar(tmp_path / "full.tar", members)
     data = (tmp_path / "full.tar").read_bytes()
-    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        info = {m.name: m for m in tar.getmembers()}
+    cls2 = info["k2.cls"]
+    cuts = {
+        "between k2.png and k2.cls": cls2.offset,  # tarfile alone would keep k2 with label -1
+        "inside the k2.cls header": cls2.offset + 100,
+        "inside the k2.png data": info["k2.png"].offset_data + 10,
+        "after the last member, before the end marker": info["k3.cls"].offset_data + 512,
+    }
+    for what, cut in cuts.items():
+        (tmp_path / "cut.tar").write_bytes(data[:cut])
+        ds = load_images(str(tmp_path / "cut.tar"))
+        kept = 3 if what.startswith("after") else 2
+        assert ds.ids == [f"cut.tar/k{i}" for i in range(kept)], what
+        assert ds.labels.tolist() == [i % 3 for i in range(kept)], what
+        assert [sid for sid, _ in ds.skipped] == [f"cut.tar/k{kept}", "cut.tar"], what
+        with pytest.raises(DataError, match=r"cut\.tar"):
+            load_images(str(tmp_path / "cut.tar"), strict=True)
 
-    ds = load_images(str(tmp_path / "cut.tar"))
-    assert 1 <= len(ds) < 6
-    assert ds.ids == [f"cut.tar/k{i}" for i in range(len(ds))]
-    assert ds.skipped and ds.skipped[-1][0] == "cut.tar"
+    # A corrupt header in the middle (bad checksum) is reported too, not taken as the end.
+    corrupt = bytearray(data)
+    corrupt[cls2.offset : cls2.offset + 8] = b"XXXXXXXX"
+    (tmp_path / "corrupt.tar").write_bytes(bytes(corrupt))
+    ds = load_images(str(tmp_path / "corrupt.tar"))
+    assert len(ds) == 2 and ds.skipped[-1][0] == "corrupt.tar"
 
     # max_samples stops streaming before the broken part is reached, so nothing is skipped.
-    early = load_images(str(tmp_path / "cut.tar"), max_samples=1)
-    assert early.ids == ["cut.tar/k0"] and early.skipped == []
-    assert early.labels.tolist() == [0]
+    (tmp_path / "cut.tar").write_bytes(data[: cls2.offset])
+    early = load_images(str(tmp_path / "cut.tar"), max_samples=2)
+    assert early.ids == ["cut.tar/k0", "cut.tar/k1"] and early.skipped == []
+    assert early.labels.tolist() == [0, 1]
 
 
 @needs_cifar
@@ -353,6 +374,52 @@ def test_cifar_pickle_dir(tmp_path: Path) -> None:
 
     assert len(load_images(str(root), max_samples=6)) == 6
     assert load_images(str(root), image_size=16).image_size == (16, 16)
+
+
+def _py2_str(data: bytes) -> bytes:
+    """A Python 2 ``str`` as cPickle writes it (SHORT_BINSTRING / BINSTRING)."""
+    return b"U" + bytes([len(data)]) + data if len(data) < 256 else b"T" + struct.pack("<i", len(data)) + data
+
+
+def _py2_int(value: int) -> bytes:
+    if 0 <= value < 256:
+        return b"K" + bytes([value])
+    if 0 <= value < 65536:
+        return b"M" + struct.pack("<H", value)
+    return b"J" + struct.pack("<i", value)
+
+
+def _py2_uint8_array(array: np.ndarray) -> bytes:
+    """The opcodes numpy 1 under Python 2 wrote for a 2-D uint8 array (as in the real CIFAR batches)."""
+    rows, cols = array.shape
+    dtype = (
+        b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R"
+        b"(" + _py2_int(3) + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"
+    )
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + _py2_int(0) + b"\x85"
+        + _py2_str(b"b") + b"\x87R"
+        + b"(" + _py2_int(1) + _py2_int(rows) + _py2_int(cols) + b"\x86" + dtype + b"\x89"
+        + _py2_str(array.tobytes()) + b"tb"
+    )  # fmt: skip
+
+
+def test_python2_style_cifar_pickle(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).integers(0, 256, size=(2, 3072), dtype=np.uint8)
+    stream = (
+        b"\x80\x02}("
+        + _py2_str(b"batch_label") + _py2_str(b"testing batch 1 of 1")
+        + _py2_str(b"labels") + b"](" + _py2_int(7) + _py2_int(2) + b"e"
+        + _py2_str(b"data") + _py2_uint8_array(data)
+        + b"u."
+    )  # fmt: skip
+    assert np.array_equal(pickle.loads(stream, encoding="bytes")[b"data"], data)  # the opcodes are right
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    (root / "test_batch").write_bytes(stream)
+    ds = load_images(f"{root}:test")
+    assert ds.labels.tolist() == [7, 2] and ds.classes is None
+    assert torch.equal(ds.images, torch.from_numpy(data.reshape(2, 3, 32, 32)))
 
 
 class _Evil:
@@ -465,8 +532,14 @@ def test_npz_keys(tmp_path: Path, image_key: str, label_key: str | None) -> None
 
 def test_npz_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "nokey.npz", pixels=np.zeros((2, 4, 4), np.uint8))
-    with pytest.raises(DataError, match="images"):
+    with pytest.raises(DataError, match=r"^\S+nokey\.npz has arrays \['pixels'\]; name the images one of"):
         load_images(str(tmp_path / "nokey.npz"))
+    np.savez(tmp_path / "more_labels.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(3, np.int64))
+    with pytest.raises(DataError, match="one per image"):
+        load_images(str(tmp_path / "more_labels.npz"), max_samples=1)
+    np.save(tmp_path / "scalar.npy", np.array(3, np.uint8))
+    with pytest.raises(DataError, match=r"shape \(\)"):
+        load_images(str(tmp_path / "scalar.npy"))
     np.savez(tmp_path / "badlabels.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(3, np.int64))
     with pytest.raises(DataError, match=r"\(2,\) integer"):
         load_images(str(tmp_path / "badlabels.npz"))

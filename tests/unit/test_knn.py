@@ -195,6 +195,16 @@ def test_unlabeled_train_samples_are_ignored() -> None:
     assert probe.evaluate(test, targets) == ref_metrics
 
 
+@pytest.mark.parametrize("chunk_size", [4, 16, 1024])
+def test_mostly_unlabeled_train_set(chunk_size: int) -> None:
+    # Fewer labeled samples per chunk than k: the chunk's top-k holds unlabeled (-inf) entries.
+    train, labels, test, _ = random_problem(n=40, m=9, d=4, classes=3, seed=8)
+    labels[torch.arange(40) % 7 != 0] = -1  # 6 labeled samples
+    got = knn_scores(train, labels, test, k=5, temperature=0.2, num_classes=3, chunk_size=chunk_size)
+    ref = reference_scores(train.numpy(), labels.numpy(), test.numpy(), 5, 0.2, 3)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
+
+
 def test_unlabeled_test_samples_are_not_counted() -> None:
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     probe = KNNProbe(k=1).fit(train, torch.tensor([0, 1]))

@@ -14,8 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from selfsup.methods.base import Views
 from selfsup.registry import Registry
+from selfsup.views import Views
 
 # ImageNet statistics; stored in every run's config so evaluation normalizes the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,7 +43,9 @@ def to_normalized_float(
     """
     x = images.float().div_(255.0)
     if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean_t) / std_t

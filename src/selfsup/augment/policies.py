@@ -22,7 +22,7 @@ from torch import Tensor
 
 from selfsup.augment import functional as AF
 from selfsup.augment.base import IMAGENET_MEAN, IMAGENET_STD, VIEW_POLICIES
-from selfsup.methods.base import Views
+from selfsup.views import Views
 
 # torchvision's RandomResizedCrop default; both SimCLR and BYOL use it.
 DEFAULT_CROP_RATIO = (3 / 4, 4 / 3)

@@ -34,6 +34,7 @@ first (``Image.draft``), which is faster and changes pixels only marginally.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import pickle
@@ -288,7 +289,9 @@ def _build(
     if skipped:
         logger.warning("%s: skipped %d unreadable input(s), e.g. %s: %s", source, len(skipped), *skipped[0])
     return ImageDataset(
-        images=torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).contiguous(),
+        # np.array always copies: the result is writable and owned even when ``stacked`` is a
+        # read-only memory map of a .npy file.
+        images=torch.from_numpy(np.array(stacked.transpose(0, 3, 1, 2), order="C")),
         labels=torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
         ids=ids,
         source=source,
@@ -472,14 +475,15 @@ def _folder_inputs(spec: str) -> list[Path]:
 
 
 def _no_images_message(root: Path) -> str:
-    others = [p for p in root.rglob("*") if p.is_file()][:1000]
+    others = list(itertools.islice((p for p in root.rglob("*") if p.is_file()), 1000))
     if not others:
         return f"folder {str(root)!r} is empty: put images ({', '.join(IMAGE_EXTENSIONS)}) in it"
     shards = [p for p in others if p.name.lower().endswith(TAR_SUFFIXES)]
+    more = "+" if len(others) == 1000 else ""
     hint = f" It holds tar files: for shards use '{root / '*.tar'}'." if shards else ""
     return (
         f"no images found in folder {str(root)!r} (looked for {', '.join(IMAGE_EXTENSIONS)} "
-        f"files, recursively; found {len(others)} other file(s), e.g. {others[0].name!r}).{hint}"
+        f"files, recursively; found {len(others)}{more} other file(s), e.g. {others[0].name!r}).{hint}"
     )
 
 
@@ -585,6 +589,20 @@ def _parse_cls(raw: bytes, num_classes: int | None) -> int:
     return label
 
 
+def _ended_cleanly(stream: tarfile.TarFile) -> bool:
+    """Whether iteration stopped at a zero block, the tar end marker.
+
+    tarfile stops silently (no error) at a truncated or corrupt header anywhere after the first
+    member, which would drop the rest of a shard, or keep an image whose .cls was cut off with
+    label -1, without a trace; looking at the block where it stopped tells the two cases apart.
+    """
+    fileobj = stream.fileobj
+    if fileobj is None:
+        return False
+    fileobj.seek(stream.offset)
+    return fileobj.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
+
+
 def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[_Item]:
     """Stream ``_Item``s from the shards in order, grouping consecutive members that share a key."""
     for shard in shards:
@@ -608,7 +626,8 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[_Item]
             return _Item(sample_id, label=label, data=image)
 
         try:
-            with tarfile.open(shard, "r|*") as stream:
+            # Random-access mode (not "r|"): after the last member, the end-of-archive block can be checked.
+            with tarfile.open(shard, "r:*") as stream:
                 for member in stream:
                     match = _KEY_RE.match(member.name)
                     if not member.isfile() or match is None or os.path.basename(member.name).startswith("."):
@@ -622,6 +641,10 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[_Item]
                     if suffix == "cls" or "." + suffix in IMAGE_EXTENSIONS:
                         handle = stream.extractfile(member)
                         members[suffix] = handle.read() if handle is not None else b""
+                if not _ended_cleanly(stream):
+                    raise tarfile.ReadError(
+                        "no end-of-archive block after the last member: truncated or corrupt"
+                    )
             if key is not None and (item := sample(key, members)) is not None:
                 yield item
         except (tarfile.TarError, OSError, EOFError) as error:
@@ -676,10 +699,24 @@ _PICKLE_ALLOWED = {
 }
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Python 3 pickles ``bytes`` at protocol 2 as ``_codecs.encode(text, "latin1")``; nothing else passes."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that can only rebuild numpy arrays and plain containers (dict, list, bytes, ...)."""
+    """An Unpickler that can only rebuild numpy arrays and plain containers (dict, list, bytes, ...).
+
+    The real CIFAR files (Python 2 pickles) need ``numpy.core.multiarray._reconstruct``,
+    ``numpy.ndarray`` and ``numpy.dtype``; numpy's protocol-5 path (``_frombuffer``), scalars and
+    the latin-1 ``_codecs.encode`` that Python 3 writes for bytes at protocol 2 are also accepted.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(
                 f"refusing to load the global {module}.{name}: this file is not a plain data pickle "
@@ -890,13 +927,12 @@ def arrays_source(
     path = _arrays_path(spec)
     if not path.is_file():
         raise DataError(f"array file {str(path)!r} does not exist. {SPEC_FORMS}")
-    stop = None if max_samples is None else max_samples
     labels: np.ndarray | None = None
     classes: list[str] | None = None
     try:
         if path.suffix.lower() == ".npy":
             # mmap: with max_samples only the first rows are ever read from disk.
-            images = np.load(path, mmap_mode="r", allow_pickle=False)[:stop]
+            images = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as npz:
                 image_key = _pick(npz.files, _IMAGE_KEYS)
@@ -905,25 +941,35 @@ def arrays_source(
                         f"{path} has arrays {npz.files}; name the images one of {list(_IMAGE_KEYS)} "
                         f"(and the labels one of {list(_LABEL_KEYS)})"
                     )
-                images = npz[image_key][:stop]
+                images = npz[image_key]
                 label_key = _pick(npz.files, _LABEL_KEYS)
                 if label_key is not None:
-                    labels = npz[label_key][:stop]
+                    labels = npz[label_key]
                 if "classes" in npz.files:
                     classes = [str(c) for c in npz["classes"].reshape(-1)]
+    except DataError:
+        raise
     except (OSError, ValueError, EOFError) as error:
         raise DataError(f"cannot read array file {path}: {error}") from error
-    images = to_nhwc_uint8(np.asarray(images), f"the images in {path.name}")
-    n = images.shape[0]
-    if labels is None:
-        labels = np.full(n, UNKNOWN_LABEL, dtype=np.int64)
-    else:
-        if labels.shape[:1] != (n,) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if images.ndim not in (3, 4):
+        raise DataError(
+            f"the images in {path.name} have shape {images.shape}; "
+            "expected (N, H, W), (N, H, W, C) or (N, C, H, W)"
+        )
+    total = images.shape[0]
+    if labels is not None:
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.shape != (total,) or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(
-                f"labels in {path.name} must be an ({n},) integer array, got {labels.shape} {labels.dtype}"
+                f"labels in {path.name} must be a ({total},) integer array (one per image), "
+                f"got {labels.shape} {labels.dtype}"
             )
-        if n and labels.min() < UNKNOWN_LABEL:
+        if total and labels.min() < UNKNOWN_LABEL:
             raise DataError(f"labels in {path.name} must be >= 0 (or -1 for unknown), found {labels.min()}")
+    images = to_nhwc_uint8(np.asarray(images[:max_samples]), f"the images in {path.name}")
+    n = images.shape[0]
+    labels = np.full(n, UNKNOWN_LABEL, dtype=np.int64) if labels is None else labels[:n]
     return _build(
         images,
         labels.astype(np.int64),

@@ -130,7 +130,7 @@ def extract_features(
     )
 
     flags = [(m, m.training) for m in encoder.modules()]
-    pass
+    encoder.eval()
     # Filled in place (allocated once the first batch tells the width) so that peak memory
     # stays at one copy of the features, not a list of chunks plus their concatenation.
     results: dict[int | None, Tensor] = {}

@@ -59,8 +59,34 @@ def _normalize(chunk: Tensor, device: torch.device) -> Tensor:
     return F.normalize(chunk.to(device=device, dtype=torch.float32), dim=1)
 
 
+def _chunk_top_k(sim: Tensor, start: int, k: int) -> tuple[Tensor, Tensor]:
+    """The candidates of one train chunk ``sim`` ``(c, t)`` whose first column is sample ``start``.
+
+    Returns similarities and training indices ``(c, t')``, in index order. When ``t > k`` only the
+    ``k`` best columns are kept: ``topk`` is much cheaper than sorting the chunk, but picks
+    arbitrarily among values tied across the k-th place, so a chunk with such a row (rare with real
+    features, unless samples are duplicated) is kept whole and the caller's stable sort decides
+    by index. Ties at -inf (unlabeled samples) are harmless: they never reach the final top-k.
+    """
+    c, t = sim.shape
+    if t > k:
+        values, pos = sim.topk(k + 1, dim=1)
+        tied = (values[:, k - 1] == values[:, k]) & torch.isfinite(values[:, k])
+        if not bool(tied.any()):
+            pos = pos[:, :k].sort(dim=1).values
+            return sim.gather(1, pos), pos + start
+    return sim, torch.arange(start, start + t, device=sim.device).expand(c, -1)
+
+
 def _top_neighbours(
-    train_features: Tensor, train_labels: Tensor, test_chunk: Tensor, k: int, chunk_size: int, check: bool
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_chunk: Tensor,
+    k: int,
+    chunk_size: int,
+    *,
+    check: bool,
+    normalized: bool,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` labeled training neighbours of ``test_chunk`` ``(c, D)`` (already normalized).
 
@@ -75,13 +101,16 @@ def _top_neighbours(
         raw = train_features[start : start + chunk_size]
         if check:
             _check_finite("train_features", raw)
-        labels = train_labels[start : start + chunk_size].to(device)
-        sim = test_chunk @ _normalize(raw, device).T
-        # Unlabeled samples can never be neighbours; since k <= #labeled they sort out of the top-k.
-        sim.masked_fill_((labels == UNKNOWN_LABEL).unsqueeze(0), float("-inf"))
-        idx = torch.arange(start, start + raw.shape[0], device=device).expand(c, -1)
+        chunk = raw.to(device=device, dtype=torch.float32) if normalized else _normalize(raw, device)
+        sim = test_chunk @ chunk.T
+        unlabeled = train_labels[start : start + chunk_size].to(device) == UNKNOWN_LABEL
+        if bool(unlabeled.any()):
+            # Never neighbours: since k <= #labeled, -inf sorts them out of the final top-k.
+            sim.masked_fill_(unlabeled.unsqueeze(0), float("-inf"))
+        sim, idx = _chunk_top_k(sim, start, k)
         # The running best holds only lower indices than this chunk, in (sim desc, index asc) order,
-        # so a stable descending sort of [best, chunk] keeps that order: deterministic ties.
+        # and the chunk's candidates are in index order, so a stable descending sort of
+        # [best, chunk] orders by (sim desc, index asc): ties are broken the same for any chunking.
         merged_sim = torch.cat([best_sim, sim], dim=1)
         merged_idx = torch.cat([best_idx, idx], dim=1)
         order = torch.sort(merged_sim, dim=1, descending=True, stable=True).indices[:, :k]
@@ -133,6 +162,7 @@ def _scores_per_chunk(
     temperature: float,
     num_classes: int,
     chunk_size: int,
+    train_normalized: bool = False,
 ) -> Iterator[tuple[int, dict[int, Tensor]]]:
     """Yield ``(start, {k: scores (c, num_classes)})`` per test chunk; one neighbour search serves
     every k because the top-k list is a prefix of the top-max(k) list under the tie order."""
@@ -145,17 +175,19 @@ def _scores_per_chunk(
         _check_finite("test_features", raw)
         test_chunk = _normalize(raw, test_features.device)
         sims, neighbour_labels = _top_neighbours(
-            train_features, labels, test_chunk, k_max, chunk_size, check=start == 0
+            train_features,
+            labels,
+            test_chunk,
+            k_max,
+            chunk_size,
+            check=start == 0 and not train_normalized,
+            normalized=train_normalized,
         )
-        yield (
-            start,
-            {
-                k: _vote(
-                    sims[:, : min(k, k_max)], neighbour_labels[:, : min(k, k_max)], temperature, num_classes
-                )
-                for k in ks
-            },
-        )
+        scores = {
+            k: _vote(sims[:, : min(k, k_max)], neighbour_labels[:, : min(k, k_max)], temperature, num_classes)
+            for k in ks
+        }
+        yield start, scores
 
 
 @torch.no_grad()
@@ -263,6 +295,7 @@ class KNNProbe:
             self.temperature,
             self.num_classes,
             self.chunk_size,
+            train_normalized=True,  # fit normalized (and checked) them once
         ):
             target = targets[start : start + self.chunk_size]
             for k, s in scores.items():

@@ -21,36 +21,9 @@ from torch import Tensor, nn
 
 from selfsup.encoders.base import Encoder
 from selfsup.registry import Registry
+from selfsup.views import Views
 
-
-@dataclass
-class Views:
-    """The augmented views of one batch.
-
-    crops:   list of ``(B, C, H, W)`` float tensors (normalized). The first ``num_global`` are
-             the global views (same size); any further ones are local crops (multi-crop, may be
-             smaller).
-    masks:   optional, aligned with ``crops``: ``(B, N)`` bool token masks (True = masked) for
-             masked-modelling methods.
-    padding_mask: optional ``(B, T)`` bool, True at padded positions, for variable-length inputs.
-    """
-
-    crops: list[Tensor]
-    num_global: int = 2
-    masks: list[Tensor | None] | None = None
-    padding_mask: Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.crops[0].shape[0]
-
-    @property
-    def global_crops(self) -> list[Tensor]:
-        return self.crops[: self.num_global]
-
-    @property
-    def local_crops(self) -> list[Tensor]:
-        return self.crops[self.num_global :]
+__all__ = ["METHODS", "Method", "MethodOutput", "Views"]
 
 
 @dataclass

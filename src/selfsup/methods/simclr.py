@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-
 from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.heads import MLPHead

@@ -154,9 +154,12 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         method.to(memory_format=torch.channels_last)
     size = crop_size(config, dataset)
     policy_name = config.augment.policy or type(method).default_view_policy
-    policy = VIEW_POLICIES.create(
-        policy_name, size=size, mean=config.augment.mean, std=config.augment.std, **config.augment.params
-    )
+    try:
+        policy = VIEW_POLICIES.create(
+            policy_name, size=size, mean=config.augment.mean, std=config.augment.std, **config.augment.params
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"augment: {error}") from None
     base_lr = scaled_learning_rate(config)
     optim = config.optim
     optimizer = build_optimizer(
