@@ -108,6 +108,8 @@ def test_bad_input() -> None:
         extract_features(encoder, torch.rand(2, 3, 16, 16), size=None, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="one value per channel"):
         extract_features(encoder, make_images(2), size=None, mean=(0.5,), std=STD)
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        extract_features(encoder, make_images(2), size=0, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="batch_size"):
         extract_features(encoder, make_images(2), size=None, mean=MEAN, std=STD, batch_size=0)
     with pytest.raises(ValueError, match="4 hidden states"):

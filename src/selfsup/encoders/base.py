@@ -61,13 +61,16 @@ def pool_hidden_state(hidden: Tensor, padding_mask: Tensor | None = None) -> Ten
     """
     if hidden.ndim == 2:
         return hidden
+    # Average in at least fp32 (bf16 sums over many positions lose precision); keep fp64 as is.
+    if hidden.dtype not in (torch.float32, torch.float64):
+        hidden = hidden.float()
     if hidden.ndim == 4:
-        return hidden.float().mean(dim=(2, 3))
+        return hidden.mean(dim=(2, 3))
     if hidden.ndim == 3:
         if padding_mask is None:
-            return hidden.float().mean(dim=1)
-        keep = (~padding_mask).unsqueeze(-1).float()
-        return (hidden.float() * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+            return hidden.mean(dim=1)
+        keep = (~padding_mask).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
     raise ValueError(f"cannot pool a hidden state of shape {tuple(hidden.shape)}")
 
 

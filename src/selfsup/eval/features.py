@@ -10,6 +10,7 @@ encoder's ``hidden_states`` (the S3PRL-style contract of :mod:`selfsup.encoders.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Sequence
 from typing import overload
 
@@ -18,6 +19,16 @@ from torch import Tensor
 
 from selfsup.augment.base import to_normalized_float
 from selfsup.encoders.base import Encoder, pool_hidden_state
+
+
+def _positive_int(name: str, value: object) -> int:
+    try:
+        number = operator.index(value)  # ints and numpy integers, not floats or bools
+    except TypeError:
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
 
 
 def _check_encoder_device(encoder: Encoder, device: torch.device) -> None:
@@ -109,10 +120,8 @@ def extract_features(
         raise ValueError(
             f"mean and std need one value per channel ({images.shape[1]}), got {len(mean)} and {len(std)}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be a positive integer or None, got {size!r}")
+    batch_size = _positive_int("batch_size", batch_size)
+    size = None if size is None else _positive_int("size", size)
     wanted = None if layers is None else _check_layers(layers, encoder.num_layers)
     dev = torch.device(device)
     _check_encoder_device(encoder, dev)
@@ -140,6 +149,7 @@ def extract_features(
             x = to_normalized_float(batch, tuple(mean), tuple(std), size)
             with autocast:
                 out = encoder(x)
+            named: dict[int | None, Tensor]
             if wanted is None:
                 named = {None: out.pooled}
             else:

@@ -75,8 +75,8 @@ class BYOL(Method):
         view1, view2 = views.crops
         online = self._online()
         # Each view separately, as in the authors' implementation (BatchNorm statistics per view).
-        p1, p2 = self.predictor(online(view1)).float(), self.predictor(online(view2)).float()
-        t1, t2 = self.target(view1).float(), self.target(view2).float()
+        p1, p2 = self.predictor(online(view1)), self.predictor(online(view2))
+        t1, t2 = self.target(view1), self.target(view2)
         # The paper's symmetrized loss is the sum of the two directions (eq. 2 and L + L~).
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         logs = {"target_momentum": torch.tensor(self.last_momentum)}

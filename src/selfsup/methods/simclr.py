@@ -53,7 +53,7 @@ class SimCLR(Method):
         batch = views.batch_size
         # One forward over both views, as in the reference implementation: BatchNorm statistics
         # are computed over all 2B images.
-        z = self.projector(self.encoder(torch.cat(views.crops)).pooled).float()
+        z = self.projector(self.encoder(torch.cat(views.crops)).pooled)
         z1, z2 = z[:batch], z[batch:]
         if self.gather_negatives and dist.is_distributed():
             z1_all, z2_all = dist.all_gather_with_grad(z1), dist.all_gather_with_grad(z2)

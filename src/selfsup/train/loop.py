@@ -309,7 +309,8 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     bar.close()
 
     finished = step >= train.steps
-    if finished and monitor is not None and not (knn_every and history.get("knn", [{}])[-1].get("step") == step):
+    # Every process calls run_knn (it holds a barrier).
+    if finished:  # the periodic monitor skips the last step, so this is its last run
         run_knn(step)
     save(step)
     summary: dict[str, Any] = {}
@@ -321,6 +322,7 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         write_report(run_dir, config, summary, history)
         _print_summary(summary, finished)
     logger.close()
+    dist.barrier()  # every process returns only once the run directory is complete
     return RunResult(run_dir=run_dir, step=step, finished=finished, summary=summary)
 
 
