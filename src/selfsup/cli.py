@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from selfsup.demo import run_demo
 
-    run_demo(out=args.out, steps=args.steps, device=args.device)
+    run_demo(out=args.out, steps=args.steps, device=args.device, overrides=args.overrides)
     return 0
 
 
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe")
     p.set_defaults(run=_demo)
     return parser
 

@@ -32,9 +32,11 @@ def _fresh_directory(out: Path) -> Path:
     return candidate
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int | None = None, device: str = "cpu") -> dict[str, dict[str, float]]:
+def run_demo(
+    out: str | Path = "runs/demo", steps: int | None = None, device: str = "cpu", overrides: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     start = time.perf_counter()
-    config = make_config(DEMO_RECIPE, steps=steps, device=device)
+    config = make_config(DEMO_RECIPE, steps=steps, device=device, overrides=overrides)
     run_dir = _fresh_directory(Path(out))
     pretrain_run(config, run_dir)
 

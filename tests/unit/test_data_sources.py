@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfsup.data import SOURCES, UNKNOWN_LABEL, CacheWarning, DataError, load_images, resolve_spec, sources
+from selfsup.data import SOURCES, UNKNOWN_LABEL, CacheWarning, DataError, assemble, load_images, resolve_spec
 from selfsup.data import cache as data_cache
+from selfsup.data.cifar import load_restricted_pickle
+from selfsup.data.decode import resize_center_crop
 
 CIFAR_SHARDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10"
 needs_cifar = pytest.mark.skipif(
@@ -183,7 +185,7 @@ def test_resize_matches_antialiased_bilinear_reference() -> None:
     # Independent reference: torch's antialiased bilinear resize of the short side to 8, then the
     # centre crop (offset round((14 - 8) / 2) = 3 along the long side).
     array = rgb(28, 16, 0)
-    out = np.asarray(sources.resize_center_crop(Image.fromarray(array), 8))
+    out = np.asarray(resize_center_crop(Image.fromarray(array), 8))
     assert out.shape == (8, 8, 3)
     ref = F.interpolate(chw(array)[None].float(), size=(14, 8), mode="bilinear", antialias=True)
     ref = ref[0, :, 3:11, :].round().clamp(0, 255)
@@ -437,11 +439,11 @@ def test_restricted_unpickler_rejects_code(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="system"):
-        sources.load_restricted_pickle(evil)
+        load_restricted_pickle(evil)
     eval_pickle = tmp_path / "eval.pkl"
     eval_pickle.write_bytes(pickle.dumps(eval, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="eval"):
-        sources.load_restricted_pickle(eval_pickle)
+        load_restricted_pickle(eval_pickle)
 
     # Inside a CIFAR directory, the malicious batch is skipped (or raises when strict); never run.
     root = tmp_path / "cifar"
@@ -458,7 +460,7 @@ def test_restricted_unpickler_rejects_code(tmp_path: Path) -> None:
     for protocol in (2, 4, 5):
         path = tmp_path / f"ok{protocol}.pkl"
         path.write_bytes(pickle.dumps({"a": array, "b": [1, 2]}, protocol=protocol))
-        loaded = sources.load_restricted_pickle(path)
+        loaded = load_restricted_pickle(path)
         assert np.array_equal(loaded["a"], array) and loaded["b"] == [1, 2]
 
 
@@ -624,7 +626,7 @@ def test_disk_cache_hit_and_corrupt_rebuild(tmp_path: Path, monkeypatch: pytest.
         raise AssertionError("decoded again despite a cache hit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(sources, "decode_image", no_decoding)
+        patch.setattr(assemble, "decode_image", no_decoding)
         second = load_images(str(data), cache_dir=cache_dir, image_size=4)
         # strict still reports the skip recorded in the cached entry
         with pytest.raises(DataError, match=r"b/3\.png"):

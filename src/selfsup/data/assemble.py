@@ -1,0 +1,221 @@
+"""From raw samples to an :class:`ImageDataset`: parallel decoding in input order, skips, stacking.
+
+Sources that read encoded images (folders, tar shards) hand an iterator of :class:`Item` to
+:func:`decode_stream`, which decodes them on a thread pool and records every unreadable input;
+sources that already hold pixels (CIFAR, arrays, digits) call :func:`build_dataset` directly.
+Either way :func:`build_dataset` checks the sizes, resizes when asked, and builds the tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from selfsup.data.base import UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.decode import decode_image, resize_center_crop
+from selfsup.data.sources import SPEC_FORMS
+
+logger = logging.getLogger(__name__)
+
+# How many items one worker decodes per task: large enough that the pool's per-task overhead is
+# small next to decoding even 32x32 JPEGs (~50 us each), small enough to keep both cores busy.
+_CHUNK = 256
+
+
+@dataclass
+class Item:
+    """One sample before decoding: encoded bytes or a path, or the reason it is already unusable."""
+
+    id: str
+    label: int = UNKNOWN_LABEL
+    data: bytes | Path | None = None
+    error: str | None = None
+
+
+def error_reason(error: BaseException) -> str:
+    """How a caught exception is recorded as the reason an input was skipped."""
+    return f"{type(error).__name__}: {error}"
+
+
+def _num_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _decode_chunk(items: list[Item], image_size: int | None) -> list[np.ndarray | str]:
+    out: list[np.ndarray | str] = []
+    for item in items:
+        if item.error is not None or item.data is None:
+            out.append(item.error or "no image data")
+            continue
+        try:
+            out.append(decode_image(item.data, image_size))
+        # Pillow's format plugins raise many exception types on malformed input (OSError,
+        # SyntaxError, ValueError, struct.error, IndexError, ...); every one means "unreadable".
+        except Exception as error:
+            out.append(error_reason(error))
+    return out
+
+
+class Collector:
+    """Accumulates decoded samples in input order and records (or, when strict, raises on) skips."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.images: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.ids: list[str] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def skip(self, sample_id: str, reason: str) -> None:
+        if self.strict:
+            raise DataError(
+                f"cannot read {sample_id}: {reason}. (strict=True; with strict=False unreadable inputs "
+                "are skipped and listed in dataset.skipped.)"
+            )
+        self.skipped.append((sample_id, reason))
+
+    def add(self, sample_id: str, label: int, image: np.ndarray) -> None:
+        self.ids.append(sample_id)
+        self.labels.append(label)
+        self.images.append(image)
+
+
+def decode_stream(
+    items: Iterable[Item], *, image_size: int | None, max_samples: int | None, strict: bool
+) -> Collector:
+    """Decode ``items`` in order on a thread pool, stopping once ``max_samples`` are valid.
+
+    Reading (e.g. parsing tar headers, which holds the GIL) overlaps with decoding: chunks are
+    submitted as soon as they are read, and results are consumed in submission order, so the
+    output order never depends on thread timing. Items are pulled lazily, never more than are
+    still needed, so a large shard is not read to the end when a few hundred samples are asked
+    for. Pillow releases the GIL while decoding, so the workers do run in parallel.
+    """
+    collected = Collector(strict)
+    iterator = iter(items)
+    workers = _num_workers()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    pending: deque[tuple[list[Item], Future[list[np.ndarray | str]]]] = deque()
+    in_flight = 0
+
+    def drain_one() -> None:
+        nonlocal in_flight
+        batch, future = pending.popleft()
+        in_flight -= len(batch)
+        for item, result in zip(batch, future.result()):
+            if isinstance(result, str):
+                collected.skip(item.id, result)
+            else:
+                collected.add(item.id, item.label, result)
+
+    try:
+        while True:
+            want = _CHUNK
+            if max_samples is not None:
+                # Skips are only known once decoded: ask for more later if some turn out unreadable.
+                want = min(want, max_samples - len(collected.ids) - in_flight)
+            batch = [item for _, item in zip(range(want), iterator)] if want > 0 else []
+            if batch:
+                pending.append((batch, pool.submit(_decode_chunk, batch, image_size)))
+                in_flight += len(batch)
+            if not batch or len(pending) > 2 * workers:
+                if not pending:
+                    break
+                drain_one()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a generator holding an open tar file releases it now
+            close()
+    return collected
+
+
+def _map_images(images: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize/crop every ``(H, W, 3)`` image of an ``(N, H, W, 3)`` uint8 array on the thread pool."""
+
+    def work(block: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(resize_center_crop(Image.fromarray(im), image_size)) for im in block]
+
+    blocks = [images[i : i + _CHUNK] for i in range(0, len(images), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+        out = [im for block in pool.map(work, blocks) for im in block]
+    return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.uint8)
+
+
+def build_dataset(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    ids: list[str],
+    *,
+    source: str,
+    classes: list[str] | None,
+    skipped: list[tuple[str, str]],
+    image_size: int | None,
+) -> ImageDataset:
+    """Stack ``(H, W, 3)`` uint8 images into an ImageDataset, checking they share one size."""
+    if len(ids) == 0:
+        if skipped:
+            first_id, first_reason = skipped[0]
+            raise DataError(
+                f"no readable images in {source!r}: all {len(skipped)} inputs were skipped "
+                f"(first: {first_id}: {first_reason})"
+            )
+        raise DataError(f"no images found in {source!r}. {SPEC_FORMS}")
+    if isinstance(images, np.ndarray):
+        stacked = images
+    else:
+        sizes: dict[tuple[int, int], str] = {}
+        for sample_id, image in zip(ids, images):
+            sizes.setdefault(image.shape[:2], sample_id)
+        if len(sizes) > 1:
+            examples = ", ".join(f"{sid} is {h}x{w}" for (h, w), sid in list(sizes.items())[:3])
+            raise DataError(
+                f"images in {source!r} have {len(sizes)} different sizes ({examples}); set "
+                "data.image_size (image_size=...) to resize and centre-crop them all to one square size"
+            )
+        stacked = np.stack(images)
+    if image_size is not None and stacked.shape[1:3] != (image_size, image_size):
+        stacked = _map_images(stacked, image_size)
+    if skipped:
+        logger.warning("%s: skipped %d unreadable input(s), e.g. %s: %s", source, len(skipped), *skipped[0])
+    return ImageDataset(
+        # np.array always copies: the result is writable and owned even when ``stacked`` is a
+        # read-only memory map of a .npy file.
+        images=torch.from_numpy(np.array(stacked.transpose(0, 3, 1, 2), order="C")),
+        labels=torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
+        ids=ids,
+        source=source,
+        classes=classes,
+        skipped=skipped,
+    )
+
+
+def build_from_collector(
+    collected: Collector, *, source: str, classes: list[str] | None, image_size: int | None
+) -> ImageDataset:
+    """:func:`build_dataset` on the samples a :func:`decode_stream` collected."""
+    return build_dataset(
+        collected.images,
+        collected.labels,
+        collected.ids,
+        source=source,
+        classes=classes,
+        skipped=collected.skipped,
+        image_size=image_size,
+    )
+
+
+__all__ = ["Collector", "Item", "build_dataset", "build_from_collector", "decode_stream", "error_reason"]
