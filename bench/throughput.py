@@ -69,7 +69,11 @@ def measure(args: argparse.Namespace, precision: str, channels_last: bool) -> di
         pretrain_run(make_config(overrides=overrides), run_dir)
         records = read_metrics(Path(run_dir))
     rates = [r["images_per_s"] for r in records if r["step"] > args.warmup]
-    return {"images_per_s": statistics.median(rates), "spread": (max(rates) - min(rates)) / 2, "steps": len(rates)}
+    return {
+        "images_per_s": statistics.median(rates),
+        "spread": (max(rates) - min(rates)) / 2,
+        "steps": len(rates),
+    }
 
 
 def main() -> None:
@@ -94,7 +98,8 @@ def main() -> None:
 
     base = rows[0][2]["images_per_s"]
     lines = [
-        f"\n## SimCLR ResNet-18 (CIFAR stem), batch {args.batch_size}, {args.device} — {time.strftime('%Y-%m-%d')}",
+        f"\n## SimCLR ResNet-18 (CIFAR stem), batch {args.batch_size}, {args.device}"
+        f" — {time.strftime('%Y-%m-%d')}",
         "",
         f"- machine: {machine()}; torch {torch.__version__}",
         f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
@@ -117,7 +122,9 @@ def main() -> None:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"
 

@@ -8,6 +8,15 @@ Python API (mirrors the ``selfsup`` command): :func:`pretrain`, :func:`embed`, :
 
 __version__ = "0.1.0"
 
-from selfsup.api import Embeddings, Pretrained, embed, evaluate_knn, load, make_config, pretrain  # noqa: E402
+from selfsup.api import Embeddings, Pretrained, embed, evaluate_knn, load, make_config, pretrain
 
-__all__ = ["Embeddings", "Pretrained", "__version__", "embed", "evaluate_knn", "load", "make_config", "pretrain"]
+__all__ = [
+    "Embeddings",
+    "Pretrained",
+    "__version__",
+    "embed",
+    "evaluate_knn",
+    "load",
+    "make_config",
+    "pretrain",
+]

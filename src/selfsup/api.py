@@ -1,8 +1,8 @@
 """The Python API; each function mirrors a CLI command.
 
-    >>> run = selfsup.pretrain(data="digits:train", method="simclr", encoder="small_cnn", out="runs/x", steps=50)
-    >>> model = selfsup.load("runs/x")
-    >>> result = selfsup.embed("runs/x", data="digits:test", out="digits.npz")
+>>> run = selfsup.pretrain(data="digits:train", method="simclr", encoder="small_cnn", out="runs/x", steps=50)
+>>> model = selfsup.load("runs/x")
+>>> result = selfsup.embed("runs/x", data="digits:test", out="digits.npz")
 """
 
 from __future__ import annotations
@@ -182,7 +182,9 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
     return Pretrained(run_dir, config, encoder, resolved)
 
 
-def embed(run: str | Path | Pretrained, data: str, out: str | Path | None = None, device: str = "cpu") -> Embeddings:
+def embed(
+    run: str | Path | Pretrained, data: str, out: str | Path | None = None, device: str = "cpu"
+) -> Embeddings:
     """Embed every sample of ``data``; write ``embeddings``, ``labels`` and ``ids`` to ``out`` (.npz)."""
     model = run if isinstance(run, Pretrained) else load(run, device)
     result = model.embed(data)

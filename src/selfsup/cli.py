@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("pretrain", help="pretrain an encoder with a self-supervised method")
-    p.add_argument("--data", help="data source: folder, tar shards (path/list/glob), CIFAR pickle dir, .npy/.npz, digits")
+    p.add_argument(
+        "--data", help="data source: folder, tar shards (path/list/glob), CIFAR pickle dir, .npy/.npz, digits"
+    )
     p.add_argument("--method", help="method name (see `selfsup list methods`)")
     p.add_argument("--encoder", help="encoder name (see `selfsup list encoders`)")
     p.add_argument("--out", required=True, help="run directory")
@@ -115,9 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch size per optimizer step")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     p.add_argument("--config", help="YAML recipe: a path or a packaged name (see `selfsup list recipes`)")
-    p.add_argument("--strict", action="store_true", help="fail on the first unreadable input instead of skipping it")
+    p.add_argument(
+        "--strict", action="store_true", help="fail on the first unreadable input instead of skipping it"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.lr=0.1")
     p.set_defaults(run=_pretrain)
 
@@ -140,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="JSON file for the results (default RUN/eval/knn.json)")
     q.set_defaults(run=_eval_knn)
 
-    p = commands.add_parser("list", help="registered methods, encoders, data sources, view policies and recipes")
+    p = commands.add_parser(
+        "list", help="registered methods, encoders, data sources, view policies and recipes"
+    )
     p.add_argument("what", nargs="*", help="any of: methods encoders sources views recipes (default: all)")
     p.set_defaults(run=_list)
 
@@ -148,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe"
+    )
     p.set_defaults(run=_demo)
     return parser
 
@@ -167,4 +177,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

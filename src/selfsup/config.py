@@ -36,9 +36,9 @@ class Component:
 @dataclass
 class DataConfig:
     source: str = "digits"
-    """What to pretrain on: a folder, tar shards (path, list or glob), a CIFAR pickle dir, .npy/.npz, or digits."""
+    """What to pretrain on: a folder, tar shards (path, list, glob), a CIFAR pickle dir, .npy/.npz, digits."""
     image_size: int | None = None
-    """Decode every image to this square size (shorter side + center crop); None keeps a common native size."""
+    """Decode images to this square size (shorter side, then center crop); None keeps a common native size."""
     max_samples: int | None = None
     """Use at most this many samples (the first ones in source order)."""
     strict: bool = False
@@ -360,7 +360,11 @@ def validate(config: Config) -> None:
     except TypeError as error:
         raise ConfigError(f"augment.params: {error}") from None
     t = config.train
-    for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.accumulate", t.accumulate)):
+    for key, value in (
+        ("train.steps", t.steps),
+        ("train.batch_size", t.batch_size),
+        ("train.accumulate", t.accumulate),
+    ):
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if t.precision not in ("auto", "bf16", "fp32"):

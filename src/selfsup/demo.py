@@ -33,7 +33,10 @@ def _fresh_directory(out: Path) -> Path:
 
 
 def run_demo(
-    out: str | Path = "runs/demo", steps: int | None = None, device: str = "cpu", overrides: list[str] | None = None
+    out: str | Path = "runs/demo",
+    steps: int | None = None,
+    device: str = "cpu",
+    overrides: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     start = time.perf_counter()
     config = make_config(DEMO_RECIPE, steps=steps, device=device, overrides=overrides)
@@ -56,7 +59,9 @@ def run_demo(
     augment = config.augment
 
     def random_features(images: torch.Tensor) -> torch.Tensor:
-        return extract_features(random_encoder, images, size=size, mean=augment.mean, std=augment.std, device=device)
+        return extract_features(
+            random_encoder, images, size=size, mean=augment.mean, std=augment.std, device=device
+        )
 
     def pixels(images: torch.Tensor) -> torch.Tensor:
         return to_normalized_float(images, augment.mean, augment.std, size).flatten(1)
@@ -70,7 +75,11 @@ def run_demo(
     _print_table(results, run_dir, seconds)
     (run_dir / "demo.json").write_text(json.dumps({"knn": results, "seconds": round(seconds, 1)}, indent=2))
     with (run_dir / "report.md").open("a") as report:
-        report.write("\n## Demo: kNN accuracy on digits:test (%)\n\n| features | " + " | ".join(results["raw pixels"]) + " |\n")
+        report.write(
+            "\n## Demo: kNN accuracy on digits:test (%)\n\n| features | "
+            + " | ".join(results["raw pixels"])
+            + " |\n"
+        )
         report.write("|---" * (len(results["raw pixels"]) + 1) + "|\n")
         for name, row in results.items():
             report.write(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |\n")

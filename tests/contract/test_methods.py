@@ -16,8 +16,16 @@ from selfsup.encoders import ENCODERS
 from selfsup.methods import METHODS, Method, MethodOutput, Views
 
 # Small versions of each registered component (fallback: defaults).
-SMALL_ENCODER = {"resnet18": {"width": 8}, "resnet18_narrow": {"width": 8}, "resnet50": {"width": 4}, "small_cnn": {"width": 4}}
-SMALL_METHOD = {"simclr": {"hidden_dim": 32, "projection_dim": 16}, "byol": {"hidden_dim": 32, "projection_dim": 16}}
+SMALL_ENCODER = {
+    "resnet18": {"width": 8},
+    "resnet18_narrow": {"width": 8},
+    "resnet50": {"width": 4},
+    "small_cnn": {"width": 4},
+}
+SMALL_METHOD = {
+    "simclr": {"hidden_dim": 32, "projection_dim": 16},
+    "byol": {"hidden_dim": 32, "projection_dim": 16},
+}
 
 
 def build(method: str, encoder: str, seed: int = 0) -> Method:
@@ -27,7 +35,9 @@ def build(method: str, encoder: str, seed: int = 0) -> Method:
 
 
 def make_views(method: Method, batch: int = 6, size: int = 16, seed: int = 0) -> Views:
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    images = torch.randint(
+        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
     policy = VIEW_POLICIES.create(method.default_view_policy, size=size)
     return policy(images, torch.Generator().manual_seed(seed))
 
@@ -44,7 +54,11 @@ def test_forward_backward_and_state(method_name: str, encoder_name: str) -> None
     out = method(views, step=0)
     assert isinstance(out, MethodOutput)
     assert out.loss.ndim == 0 and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    assert out.embeddings is not None and out.embeddings.shape[0] == views.batch_size and not out.embeddings.requires_grad
+    assert (
+        out.embeddings is not None
+        and out.embeddings.shape[0] == views.batch_size
+        and not out.embeddings.requires_grad
+    )
     assert all(not v.requires_grad for v in out.logs.values())
     out.loss.backward()
     trainable = [(n, p) for n, p in method.named_parameters() if p.requires_grad]

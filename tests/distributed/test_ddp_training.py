@@ -72,7 +72,9 @@ def test_two_processes_match_one_process(method_name: str) -> None:
         for name, grad in single["grads"].items():
             # fp32 sums run in another order on two processes: tolerance relative to the tensor's scale
             scale = float(np.abs(grad).max()) + 1e-12
-            np.testing.assert_allclose(result["grads"][name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name)
+            np.testing.assert_allclose(
+                result["grads"][name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
+            )
         for name, value in single["state"].items():
             np.testing.assert_allclose(result["state"][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 
@@ -127,15 +129,27 @@ def test_trainer_on_two_processes_matches_one(tmp_path: Path) -> None:
     for name, value in single.items():
         if value.is_floating_point():
             scale = float(value.abs().max()) + 1e-12
-            np.testing.assert_allclose(ranks[0][name], value.numpy(), rtol=1e-3, atol=1e-3 * scale, err_msg=name)
+            np.testing.assert_allclose(
+                ranks[0][name], value.numpy(), rtol=1e-3, atol=1e-3 * scale, err_msg=name
+            )
             np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
 
 
 def test_torchrun_cli(tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        f"--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "selfsup", "pretrain", "--out", str(tmp_path / "run"), *DETERMINISTIC,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "selfsup",
+        "pretrain",
+        "--out",
+        str(tmp_path / "run"),
+        *DETERMINISTIC,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

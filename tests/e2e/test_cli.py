@@ -34,8 +34,23 @@ def selfsup(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "digits"
     done = selfsup(
-        "pretrain", "--data", "digits:train", "--method", "simclr", "--encoder", "small_cnn",
-        "--out", str(run), "--steps", "4", "--batch-size", "64", "--seed", "3", "--device", "cpu",
+        "pretrain",
+        "--data",
+        "digits:train",
+        "--method",
+        "simclr",
+        "--encoder",
+        "small_cnn",
+        "--out",
+        str(run),
+        "--steps",
+        "4",
+        "--batch-size",
+        "64",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
         *TINY_DIGITS,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,7 +71,10 @@ def test_pretrain_writes_a_complete_run_directory(digits_run: Path) -> None:
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in train)
     assert [r["step"] for r in records if r["kind"] == "knn"] == [2, 4]
     assert list((digits_run / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(p.name for p in (digits_run / "checkpoints").glob("*.json")) == ["step_00000002.json", "step_00000004.json"]
+    assert sorted(p.name for p in (digits_run / "checkpoints").glob("*.json")) == [
+        "step_00000002.json",
+        "step_00000004.json",
+    ]
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["steps"] == 4 and 0 <= summary["knn_top1@20"] <= 100
     assert (digits_run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,7 +101,9 @@ def test_embed_writes_embeddings_labels_and_ids(digits_run: Path, tmp_path: Path
 
 
 def test_eval_knn_prints_and_saves(digits_run: Path) -> None:
-    done = selfsup("eval", "knn", "--run", str(digits_run), "--train", "digits:train", "--test", "digits:test")
+    done = selfsup(
+        "eval", "knn", "--run", str(digits_run), "--train", "digits:train", "--test", "digits:test"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     saved = json.loads((digits_run / "eval" / "knn.json").read_text())
     for key in ("knn_top1@20", "knn_top5@20", "knn_top1@200", "knn_top5@200"):
@@ -103,13 +123,27 @@ def test_python_api_mirrors_the_cli(digits_run: Path) -> None:
 def test_list_shows_every_registry() -> None:
     done = selfsup("list")
     assert done.returncode == 0
-    for name in ("simclr", "byol", "resnet18", "resnet50", "small_cnn", "digits", "shards", "folder", "simclr_digits"):
+    for name in (
+        "simclr",
+        "byol",
+        "resnet18",
+        "resnet50",
+        "small_cnn",
+        "digits",
+        "shards",
+        "folder",
+        "simclr_digits",
+    ):
         assert name in done.stdout
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     typo = selfsup("pretrain", "--data", "digits", "--out", str(tmp_path / "a"), "optim.weight_decy=0.1")
-    assert typo.returncode == 2 and "Did you mean 'weight_decay'" in typo.stderr and "Traceback" not in typo.stderr
+    assert (
+        typo.returncode == 2
+        and "Did you mean 'weight_decay'" in typo.stderr
+        and "Traceback" not in typo.stderr
+    )
     missing = selfsup("pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     unknown = selfsup("pretrain", "--data", "digits", "--encoder", "resnet19", "--out", str(tmp_path / "c"))
@@ -148,8 +182,22 @@ def test_cifar10_shards_end_to_end(cifar10_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     overrides = ["encoder.stem=cifar", "encoder.width=8", "method.hidden_dim=64", "train.knn_every=0"]
     done = selfsup(
-        "pretrain", "--data", str(tmp_path / "train-*.tar"), "--method", "byol", "--encoder", "resnet18",
-        "--out", str(run), "--steps", "3", "--batch-size", "64", "--device", "cpu", *overrides,
+        "pretrain",
+        "--data",
+        str(tmp_path / "train-*.tar"),
+        "--method",
+        "byol",
+        "--encoder",
+        "resnet18",
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        *overrides,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "300 images 32x32" in done.stderr and "skipped 1 unreadable" in done.stderr
@@ -163,7 +211,17 @@ def test_cifar10_shards_end_to_end(cifar10_dir: Path, tmp_path: Path) -> None:
     assert 0 <= saved["knn_top1@20"] <= 100
 
     strict = selfsup(
-        "pretrain", "--data", str(train), "--encoder", "small_cnn", "--out", str(tmp_path / "strict"),
-        "--steps", "1", "--batch-size", "64", "--strict",
+        "pretrain",
+        "--data",
+        str(train),
+        "--encoder",
+        "small_cnn",
+        "--out",
+        str(tmp_path / "strict"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "64",
+        "--strict",
     )
     assert strict.returncode == 2 and "broken_0001" in strict.stderr and "Traceback" not in strict.stderr

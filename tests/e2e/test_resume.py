@@ -40,8 +40,19 @@ def final_model(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     ("method", "extra"),
     [
-        ("simclr", ["optim.name=lars", "train.accumulate=2", "augment.params={blur_p: 0.0}"]),  # LARS momentum + accumulation
-        ("byol", ["optim.name=adamw", "optim.lr=0.001", "optim.lr_scaling=none", "augment.params={blur_p: [0.0, 0.0]}"]),  # EMA target + Adam moments
+        (
+            "simclr",
+            ["optim.name=lars", "train.accumulate=2", "augment.params={blur_p: 0.0}"],
+        ),  # LARS momentum + accumulation
+        (
+            "byol",
+            [
+                "optim.name=adamw",
+                "optim.lr=0.001",
+                "optim.lr_scaling=none",
+                "augment.params={blur_p: [0.0, 0.0]}",
+            ],
+        ),  # EMA target + Adam moments
     ],
 )
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, method: str, extra: list[str]) -> None:
@@ -63,8 +74,11 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, method: str, extra
     enc_b = load_file(str(tmp_path / "resumed" / "encoder.safetensors"))
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
     # The resumed run logs continue where the first stopped, with no gap.
-    steps_logged = [int(line.split('"step": ')[1].split(",")[0]) for line in
-                    (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in line]
+    steps_logged = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "train"' in line
+    ]
     assert steps_logged == list(range(1, steps + 1))
 
 

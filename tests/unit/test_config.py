@@ -20,7 +20,9 @@ from selfsup.config import (
 
 
 def test_override_sets_typed_values() -> None:
-    config = apply_overrides(Config(), ["optim.lr=0.05", "train.steps=7", "train.sync_bn=true", "augment.size=24"])
+    config = apply_overrides(
+        Config(), ["optim.lr=0.05", "train.steps=7", "train.sync_bn=true", "augment.size=24"]
+    )
     assert config.optim.lr == 0.05 and isinstance(config.optim.lr, float)
     assert config.train.steps == 7 and config.train.sync_bn is True and config.augment.size == 24
 
@@ -32,7 +34,9 @@ def test_override_values_are_yaml_not_code() -> None:
 
 
 def test_unknown_key_suggests_the_right_one() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim.weight_decy'.*Did you mean 'weight_decay'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'optim.weight_decy'.*Did you mean 'weight_decay'"
+    ):
         apply_overrides(Config(), ["optim.weight_decy=0.1"])
     with pytest.raises(ConfigError, match=r"'trian'.*Did you mean 'train'"):
         apply_overrides(Config(), ["trian.steps=3"])
@@ -68,7 +72,9 @@ def test_unknown_method_and_policy_option_fail_validation() -> None:
 def test_round_trip_through_yaml_is_exact() -> None:
     import yaml
 
-    config = apply_overrides(Config(), ["method=byol", "method.base_momentum=0.99", "augment.mean=[0.1,0.2,0.3]"])
+    config = apply_overrides(
+        Config(), ["method=byol", "method.base_momentum=0.99", "augment.mean=[0.1,0.2,0.3]"]
+    )
     again = from_dict(yaml.safe_load(dump_config(config)))
     assert to_dict(again) == to_dict(config) and differences(config, again) == {}
 

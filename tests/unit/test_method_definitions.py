@@ -18,7 +18,9 @@ def views(batch: int = 8, size: int = 12) -> Views:
 
 def test_simclr_loss_is_nt_xent_of_the_projections_of_both_views() -> None:
     torch.manual_seed(0)
-    method = METHODS.get("simclr")(ENCODERS.create("small_cnn", width=4), hidden_dim=16, projection_dim=8, temperature=0.3)
+    method = METHODS.get("simclr")(
+        ENCODERS.create("small_cnn", width=4), hidden_dim=16, projection_dim=8, temperature=0.3
+    )
     v = views()
     out = method(v, 0)
     z = method.projector(method.encoder(torch.cat(v.crops)).pooled)
@@ -28,13 +30,17 @@ def test_simclr_loss_is_nt_xent_of_the_projections_of_both_views() -> None:
 
 def test_byol_loss_and_target_update() -> None:
     torch.manual_seed(0)
-    method = METHODS.get("byol")(ENCODERS.create("small_cnn", width=4), hidden_dim=16, projection_dim=8, base_momentum=0.9)
+    method = METHODS.get("byol")(
+        ENCODERS.create("small_cnn", width=4), hidden_dim=16, projection_dim=8, base_momentum=0.9
+    )
     v = views()
     out = method(v, 0)
     online = lambda x: method.predictor(method.projector(method.encoder(x).pooled))  # noqa: E731
     target = lambda x: method.target.module.projector(method.target.module.encoder(x).pooled)  # noqa: E731
     with torch.no_grad():
-        expected = byol_loss(online(v.crops[0]), target(v.crops[1])) + byol_loss(online(v.crops[1]), target(v.crops[0]))
+        expected = byol_loss(online(v.crops[0]), target(v.crops[1])) + byol_loss(
+            online(v.crops[1]), target(v.crops[0])
+        )
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     assert all(p.grad is None for p in method.target.parameters())  # the target is never trained

@@ -37,9 +37,13 @@ class ImageDataset:
     def __post_init__(self) -> None:
         n = self.images.shape[0]
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be (N, 3, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+            raise ValueError(
+                f"images must be (N, 3, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}"
+            )
         if self.labels.shape != (n,) or self.labels.dtype != torch.int64:
-            raise ValueError(f"labels must be ({n},) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
+            raise ValueError(
+                f"labels must be ({n},) int64, got {tuple(self.labels.shape)} {self.labels.dtype}"
+            )
         if len(self.ids) != n:
             raise ValueError(f"expected {n} ids, got {len(self.ids)}")
 

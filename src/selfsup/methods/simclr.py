@@ -63,6 +63,6 @@ class SimCLR(Method):
         loss = nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
         with torch.no_grad():
             positive_similarity = torch.nn.functional.cosine_similarity(z1, z2).mean()
-        return MethodOutput(loss=loss, logs={"positive_similarity": positive_similarity}, embeddings=z1.detach())
-
-
+        return MethodOutput(
+            loss=loss, logs={"positive_similarity": positive_similarity}, embeddings=z1.detach()
+        )

@@ -81,7 +81,11 @@ def pretrain_run(config: Config, out: str | Path, *, resume: bool = False) -> Ru
     """Pretrain as ``config`` says, writing everything to the run directory ``out``."""
     validate(config)
     requested = config.train.device
-    device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    device_type = (
+        "cuda"
+        if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     initialised_here = dist.init_from_env(device_type)
     try:
         return _pretrain(config, Path(out), resume)
@@ -186,10 +190,16 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             torch.set_rng_state(loaded.extra_tensors["rng/cpu"])
         step, history = loaded.step, loaded.state.get("history", {})
         if loaded.state.get("world_size", dist.world_size()) != dist.world_size():
-            warnings.warn("resuming with a different number of processes: augmentations will differ", stacklevel=2)
+            warnings.warn(
+                "resuming with a different number of processes: augmentations will differ", stacklevel=2
+            )
 
     sampler = StepSampler(
-        len(dataset), train.batch_size, seed=train.seed, accumulate=train.accumulate, world_size=dist.world_size()
+        len(dataset),
+        train.batch_size,
+        seed=train.seed,
+        accumulate=train.accumulate,
+        world_size=dist.world_size(),
     )
     monitor = (
         KNNMonitor.build(
@@ -259,13 +269,17 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         lr = warmup_cosine(step, train.steps, base_lr, warmup_steps=warmup, final=optim.final_lr)
         set_learning_rate(optimizer, lr)
         for micro in range(train.accumulate):
-            batch = images[sampler.indices(step, micro, dist.rank()).to(images.device)].to(device, non_blocking=True)
+            batch = images[sampler.indices(step, micro, dist.rank()).to(images.device)].to(
+                device, non_blocking=True
+            )
             generator.manual_seed(view_seed(train.seed, step, micro, dist.rank()))
             views = policy(batch, generator)
             if train.channels_last:
                 views.crops = [c.contiguous(memory_format=torch.channels_last) for c in views.crops]
             last_micro = micro == train.accumulate - 1
-            no_sync = model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
+            no_sync = (
+                model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
+            )
             with no_sync:
                 with autocast(device, amp_dtype):
                     output = model(views, step)
@@ -276,7 +290,9 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
                 (output.loss / train.accumulate).backward()
             loss_sum += output.loss.detach()
         grad_norm = (
-            nn.utils.clip_grad_norm_(method.parameters(), optim.clip_grad) if optim.clip_grad is not None else None
+            nn.utils.clip_grad_norm_(method.parameters(), optim.clip_grad)
+            if optim.clip_grad is not None
+            else None
         )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -331,8 +347,12 @@ def _item(value: Tensor | float) -> float:
 
 
 def _announce(
-    config: Config, dataset: ImageDataset, val: ImageDataset | None, device: torch.device,
-    amp_dtype: torch.dtype | None, step: int,
+    config: Config,
+    dataset: ImageDataset,
+    val: ImageDataset | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    step: int,
 ) -> None:
     h, w = dataset.image_size
     labels = f"{dataset.labeled_fraction:.0%} labeled" if dataset.has_labels else "no labels"
@@ -349,7 +369,12 @@ def _announce(
 
 
 def _summary(
-    config: Config, dataset: ImageDataset, logs: dict[str, Any], history: dict[str, Any], step: int, seconds: float
+    config: Config,
+    dataset: ImageDataset,
+    logs: dict[str, Any],
+    history: dict[str, Any],
+    step: int,
+    seconds: float,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "method": config.method.name,

@@ -40,10 +40,17 @@ def write_report(run_dir: Path, config: Config, summary: dict[str, Any], history
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {shown} |")
     if history.get("knn"):
-        lines += ["", "## kNN monitor", "", "| step | " + " | ".join(k for k in history["knn"][0] if k != "step") + " |"]
+        lines += [
+            "",
+            "## kNN monitor",
+            "",
+            "| step | " + " | ".join(k for k in history["knn"][0] if k != "step") + " |",
+        ]
         lines.append("|---" * len(history["knn"][0]) + "|")
         for row in history["knn"]:
-            lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+            lines.append(
+                "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
+            )
     if summary.get("skipped_examples"):
         lines += ["", "## Skipped inputs (first five)", ""] + [f"- {s}" for s in summary["skipped_examples"]]
     if has_plot:

@@ -1,0 +1,45 @@
+"""`selfsup demo`: a short version in the default suite, the full demo (and its claims) as a slow test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def run_demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "selfsup", "demo", "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def test_short_demo_prints_the_table_and_writes_the_run(tmp_path: Path) -> None:
+    done = run_demo(tmp_path / "demo", "--steps", "6", "train.knn_every=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("pretrained (SimCLR)", "random init", "raw pixels"):
+        assert row in done.stdout
+    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["knn"]
+    assert set(results) == {"pretrained (SimCLR)", "random init", "raw pixels"}
+    assert all(0 <= v <= 100 for row in results.values() for v in row.values())
+    assert (tmp_path / "demo" / "loss_curve.png").exists()
+    assert "Demo: kNN accuracy" in (tmp_path / "demo" / "report.md").read_text()
+    # A second demo never overwrites the first.
+    again = run_demo(tmp_path / "demo", "--steps", "2", "train.knn_every=0")
+    assert again.returncode == 0 and (tmp_path / "demo-2" / "demo.json").exists()
+
+
+@pytest.mark.slow
+def test_full_demo_beats_the_random_encoder_within_three_minutes(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    done = run_demo(tmp_path / "demo")
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["knn"]
+    rows = ("pretrained (SimCLR)", "random init", "raw pixels")
+    pretrained, random_init, pixels = (results[row]["knn_top1@20"] for row in rows)
+    assert pretrained > random_init + 3.0
+    assert pretrained >= pixels
+    assert seconds < 180 + 30  # the 3-minute budget, plus interpreter start-up and loose timing on shared CI
