@@ -220,6 +220,12 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     )
     knn_every = train.knn_every if train.knn_every is not None else max(train.steps // 5, 1)
     warmup = optim.warmup_steps if optim.warmup_steps is not None else train.steps // 10
+    if warmup > train.steps:  # e.g. a recipe's 10-epoch warm-up with a short --steps
+        warnings.warn(
+            f"optim.warmup_steps={warmup} exceeds train.steps={train.steps}; using {train.steps}",
+            stacklevel=2,
+        )
+        warmup = train.steps
     logger = MetricsLogger(run_dir, enabled=main)
     if main:
         info = _run_info(config, device, amp_dtype)
@@ -275,7 +281,7 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             generator.manual_seed(view_seed(train.seed, step, micro, dist.rank()))
             views = policy(batch, generator)
             if train.channels_last:
-                views.crops = [c.contiguous(memory_format=torch.channels_last) for c in views.crops]
+                views.crops = [_channels_last(c) for c in views.crops]
             last_micro = micro == train.accumulate - 1
             no_sync = (
                 model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
@@ -318,10 +324,14 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             history.setdefault("loss", []).append([step, loss])
             last_logs = logs
             window_start, window_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        if knn_every and step % knn_every == 0 and step < train.steps:
+        evaluated = bool(knn_every and step % knn_every == 0 and step < train.steps)
+        if evaluated:
             run_knn(step)
-        if train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at:
+        saved = bool(train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at)
+        if saved:
             save(step)
+        if (evaluated or saved) and window_steps == 0:
+            window_start = time.perf_counter()  # throughput counts training steps only
     bar.close()
 
     finished = step >= train.steps
@@ -340,6 +350,10 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     logger.close()
     dist.barrier()  # every process returns only once the run directory is complete
     return RunResult(run_dir=run_dir, step=step, finished=finished, summary=summary)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def _item(value: Tensor | float) -> float:
