@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +55,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

@@ -1,0 +1,45 @@
+"""Run monitoring: the collapse measure and detector, the metrics logger."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.train.monitor import CollapseDetector, MetricsLogger, normalized_embedding_std, read_metrics
+
+
+def test_normalized_std_is_one_when_spread_and_zero_when_collapsed() -> None:
+    spread = torch.randn(4096, 64, generator=torch.Generator().manual_seed(0))
+    assert normalized_embedding_std(spread) == pytest.approx(1.0, abs=0.03)
+    collapsed = torch.ones(512, 64) + 1e-4 * torch.randn(512, 64)
+    assert normalized_embedding_std(collapsed) < 0.01
+    # Hand case: two opposite unit vectors in 1-D: std over the batch is sqrt(2) (unbiased), sqrt(D)=1.
+    assert normalized_embedding_std(torch.tensor([[2.0], [-3.0]])) == pytest.approx(math.sqrt(2.0))
+
+
+def test_detector_warns_once_after_patience() -> None:
+    detector = CollapseDetector(threshold=0.05, patience=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [detector.update(v, step) for step, v in enumerate([0.01, 0.01, 0.5, 0.01, 0.01, 0.01, 0.01])]
+    assert results == [False, False, False, False, False, True, False]
+    assert len(caught) == 1 and "collapsed" in str(caught[0].message)
+
+
+def test_metrics_logger_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
+    logger = MetricsLogger(tmp_path)
+    logger.log(1, {"loss": torch.tensor(2.5), "lr": 0.1})
+    logger.log(1, {"knn_top1@20": 50.0}, kind="knn")
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0] == {"step": 1, "kind": "train", "loss": 2.5, "lr": 0.1}
+    assert read_metrics(tmp_path) == [lines[0]] and read_metrics(tmp_path, "knn")[0]["knn_top1@20"] == 50.0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    silent = MetricsLogger(tmp_path / "other", enabled=False)  # non-main processes write nothing
+    silent.log(1, {"loss": 1.0})
+    assert not (tmp_path / "other").exists()
