@@ -598,3 +598,44 @@ def test_print_cpu_time_per_batch(name: str) -> None:
     for seed in range(runs):
         policy(images, _gen(seed))
     print(f"{name}: {(time.perf_counter() - start) / runs * 1000:.1f} ms per 256-image 32x32 batch (CPU)")
+
+
+# ----------------------------------------------------------------------------- rotation
+
+
+def test_rotation_by_90_degrees_is_rot90_and_zero_is_no_rotation() -> None:
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    full = torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3)
+    quarter = torch.full((3,), math.pi / 2)
+    rotated = AF.resized_crop(images, full, 8, angle=quarter)
+    torch.testing.assert_close(rotated, torch.rot90(images, k=1, dims=(2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        AF.resized_crop(images, full, 8, angle=torch.zeros(3)), AF.resized_crop(images, full, 8)
+    )
+
+
+def test_rotation_by_180_degrees_of_a_wide_image_flips_both_axes() -> None:
+    images = torch.rand(2, 3, 6, 10, generator=torch.Generator().manual_seed(1))
+    full = torch.tensor([[0.0, 0.0, 6.0, 10.0]] * 2)
+    out = F.interpolate(images, size=(10, 10), mode="bilinear", align_corners=False)
+    rotated = AF.resized_crop(images, full, 10, angle=torch.full((2,), math.pi))
+    torch.testing.assert_close(rotated, torch.flip(out, dims=(2, 3)), atol=1e-5, rtol=0)
+
+
+def test_policy_rotation_option() -> None:
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    plain = {
+        "crop_scale": (1.0, 1.0),
+        "crop_ratio": (1.0, 1.0),
+        "flip_p": 0.0,
+        "jitter_p": 0.0,
+        "grayscale_p": 0.0,
+        "blur_p": 0.0,
+    }
+    still = VIEW_POLICIES.create("simclr", size=16, **plain)(images, torch.Generator().manual_seed(0))
+    turned = VIEW_POLICIES.create("simclr", size=16, rotation=30.0, **plain)(
+        images, torch.Generator().manual_seed(0)
+    )
+    assert not torch.allclose(still.crops[0], turned.crops[0])
+    with pytest.raises(ValueError, match="rotation"):
+        VIEW_POLICIES.create("byol", size=16, rotation=-5)

@@ -157,11 +157,15 @@ def sample_crop_boxes(
     return crop_boxes_from_uniforms(u_area, u_log_ratio, u_offset, height, width, scale, ratio)
 
 
-def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+def resized_crop(
+    images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None, angle: Tensor | None = None
+) -> Tensor:
     """Crop each image to its box, resize to ``size × size`` and optionally mirror it, in one resampling.
 
     images: ``(B, C, H, W)`` float. boxes: ``(B, 4)`` ``(top, left, box_h, box_w)`` in pixels
-    (fractional values allowed). flip: ``(B,)`` bool, mirror left-right. Returns ``(B, C, size, size)``.
+    (fractional values allowed). flip: ``(B,)`` bool, mirror left-right. angle: ``(B,)`` radians,
+    rotate the box counter-clockwise about its centre (in pixel space, so non-square images are not
+    sheared). Returns ``(B, C, size, size)``.
 
     One affine grid per sample maps the output square onto the box (a negative x scale does
     the flip), and ``grid_sample`` interpolates bilinearly with ``align_corners=False``: output
@@ -187,10 +191,18 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None =
     # edge of column W-1 (align_corners=False), so the box centre is (2 * left + w) / W - 1.
     centre_x = (2 * left + box_w) / width - 1
     centre_y = (2 * top + box_h) / height - 1
-    zeros = torch.zeros_like(scale_x)
-    theta = torch.stack(
-        [torch.stack([scale_x, zeros, centre_x], 1), torch.stack([zeros, scale_y, centre_y], 1)], 1
-    )
+    if angle is None:
+        zeros = torch.zeros_like(scale_x)
+        row_x = torch.stack([scale_x, zeros, centre_x], 1)
+        row_y = torch.stack([zeros, scale_y, centre_y], 1)
+    else:
+        # Rotate offsets from the centre in pixels, then map back to normalised coordinates,
+        # whose x and y units differ by W / H.
+        angle = angle.to(device=images.device, dtype=torch.float32).reshape(batch)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        row_x = torch.stack([cos * scale_x, -sin * scale_y * (height / width), centre_x], 1)
+        row_y = torch.stack([sin * scale_x * (width / height), cos * scale_y, centre_y], 1)
+    theta = torch.stack([row_x, row_y], 1)
     grid = F.affine_grid(theta, [batch, images.shape[1], size, size], align_corners=False)
     # "border" clamps samples that fall half a pixel outside the image onto the edge pixel,
     # as F.interpolate does, instead of blending towards zero.

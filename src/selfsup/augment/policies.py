@@ -13,6 +13,7 @@ built, with the option's name in the message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +33,18 @@ DEFAULT_CROP_RATIO = (3 / 4, 4 / 3)
 class ViewAugmentation:
     """The augmentation distribution of one view, in the order it is applied.
 
-    random resized crop (area fraction ``crop_scale``, aspect ratio ``crop_ratio``) and
-    horizontal flip (``flip_p``) in one resampling → colour jitter ``(brightness, contrast,
-    saturation, hue)`` with probability ``jitter_p`` → grayscale (``grayscale_p``) → Gaussian
-    blur (``blur_p``, sigma uniform in ``blur_sigma``) → solarize (``solarize_p``).
+    One resampling does the random resized crop (area fraction ``crop_scale``, aspect ratio
+    ``crop_ratio``), the horizontal flip (``flip_p``) and a rotation (uniform in ±``rotation``
+    degrees; 0 = none). Then colour jitter ``(brightness, contrast, saturation, hue)`` with
+    probability ``jitter_p`` → grayscale (``grayscale_p``) → Gaussian blur (``blur_p``, sigma
+    uniform in ``blur_sigma``) → solarize (``solarize_p``).
     A step whose probability is 0 is skipped entirely (no random draws, no kernels).
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
     flip_p: float = 0.5
+    rotation: float = 0.0
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -54,7 +57,10 @@ class ViewAugmentation:
         batch, _, height, width = images.shape
         boxes = AF.sample_crop_boxes(batch, height, width, generator, self.crop_scale, self.crop_ratio)
         flip = AF.sample_bernoulli(batch, self.flip_p, generator) if self.flip_p > 0 else None
-        out = AF.resized_crop(images, boxes, size, flip)
+        angle = None
+        if self.rotation > 0:
+            angle = AF.sample_uniform(batch, -self.rotation, self.rotation, generator) * (math.pi / 180)
+        out = AF.resized_crop(images, boxes, size, flip, angle)
         if self.jitter_p > 0 and any(s > 0 for s in self.jitter):
             params = AF.sample_color_jitter(batch, *self.jitter, p=self.jitter_p, generator=generator)
             out = AF.color_jitter(out, params)
@@ -131,6 +137,15 @@ def _range(
     return lo, hi
 
 
+def _rotation(policy: str, value: Any) -> float:
+    degrees = _number(policy, "rotation", value)
+    if not 0.0 <= degrees <= 180.0:
+        raise ValueError(
+            f"{policy}: rotation must be in [0, 180] degrees (the largest angle drawn), got {value!r}"
+        )
+    return degrees
+
+
 def _common(
     policy: str,
     size: Any,
@@ -141,6 +156,7 @@ def _common(
     flip_p: Any,
     blur_kernel_fraction: Any,
     blur_sigma: Any,
+    rotation: Any = 0.0,
 ) -> dict[str, Any]:
     """Check the options shared by every policy; returns them normalized to tuples and floats."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -159,6 +175,7 @@ def _common(
         "crop_scale": _range(policy, "crop_scale", crop_scale, 0.0, 1.0, "(area fraction of the image)"),
         "crop_ratio": _range(policy, "crop_ratio", crop_ratio, 0.0, None, "(width / height)"),
         "flip_p": _probability(policy, "flip_p", flip_p),
+        "rotation": _rotation(policy, rotation),
         "blur_kernel_size": AF.blur_kernel_size(size, fraction),
         "blur_sigma": _range(policy, "blur_sigma", blur_sigma, 0.0, None, "(Gaussian std in pixels)"),
     }
@@ -198,6 +215,7 @@ def simclr(
     blur_kernel_fraction: float = 0.1,
     blur_sigma: Sequence[float] = (0.1, 2.0),
     crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+    rotation: float = 0.0,
 ) -> MultiViewPolicy:
     """SimCLR views: two draws from the same distribution (Chen et al. 2020, appendix A).
 
@@ -207,7 +225,9 @@ def simclr(
     The paper's CIFAR-10 setting is ``jitter_strength=0.5, blur_p=0`` (blur is then skipped).
     """
     name = "simclr"
-    common = _common(name, size, mean, std, crop_scale, crop_ratio, flip_p, blur_kernel_fraction, blur_sigma)
+    common = _common(
+        name, size, mean, std, crop_scale, crop_ratio, flip_p, blur_kernel_fraction, blur_sigma, rotation
+    )
     s = _number(name, "jitter_strength", jitter_strength)
     jitter = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     _check_jitter(name, "jitter_strength (hue = 0.2 * strength)", jitter)
@@ -215,6 +235,7 @@ def simclr(
         crop_scale=common["crop_scale"],
         crop_ratio=common["crop_ratio"],
         flip_p=common["flip_p"],
+        rotation=common["rotation"],
         jitter=jitter,
         jitter_p=_probability(name, "jitter_p", jitter_p),
         grayscale_p=_probability(name, "grayscale_p", grayscale_p),
@@ -240,6 +261,7 @@ def byol(
     blur_kernel_fraction: float = 0.1,
     blur_sigma: Sequence[float] = (0.1, 2.0),
     crop_ratio: Sequence[float] = DEFAULT_CROP_RATIO,
+    rotation: float = 0.0,
 ) -> MultiViewPolicy:
     """BYOL views: two asymmetric distributions (Grill et al. 2020, table 6).
 
@@ -249,7 +271,9 @@ def byol(
     solarization (0.0, 0.2). These match the defaults in the authors' augmentation config.
     """
     name = "byol"
-    common = _common(name, size, mean, std, crop_scale, crop_ratio, flip_p, blur_kernel_fraction, blur_sigma)
+    common = _common(
+        name, size, mean, std, crop_scale, crop_ratio, flip_p, blur_kernel_fraction, blur_sigma, rotation
+    )
     jitter_t = _numbers(name, "jitter", jitter, 4, "(brightness, contrast, saturation, hue)")
     _check_jitter(name, "jitter", jitter_t)
     blur = _numbers(name, "blur_p", blur_p, 2, "(one probability per view)")
@@ -259,6 +283,7 @@ def byol(
             crop_scale=common["crop_scale"],
             crop_ratio=common["crop_ratio"],
             flip_p=common["flip_p"],
+            rotation=common["rotation"],
             jitter=jitter_t,  # type: ignore[arg-type]  # length checked above
             jitter_p=_probability(name, "jitter_p", jitter_p),
             grayscale_p=_probability(name, "grayscale_p", grayscale_p),
