@@ -22,22 +22,24 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 import selfsup
 from selfsup import dist
 from selfsup.augment import VIEW_POLICIES
+from selfsup.augment.base import ViewPolicy
 from selfsup.config import RUNTIME_KEYS, Config, ConfigError, differences, dump_config, load_config, validate
 from selfsup.data import load_images
 from selfsup.data.base import ImageDataset
 from selfsup.encoders import ENCODERS
 from selfsup.io import save_tensors_atomic, write_text_atomic
-from selfsup.methods import METHODS, Method
+from selfsup.methods import METHODS, Method, MethodOutput
 from selfsup.sync_batchnorm import convert_sync_batchnorm
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.knn_monitor import KNNMonitor
 from selfsup.train.monitor import CollapseDetector, MetricsLogger, normalized_embedding_std, progress_bar
 from selfsup.train.optim import build_optimizer, set_learning_rate
-from selfsup.train.report import write_report
+from selfsup.train.report import announce, print_summary, summarize, write_report
 from selfsup.train.runtime import autocast, resolve_device, resolve_precision, seed_everything
 from selfsup.train.sampler import StepSampler, view_seed
 from selfsup.train.schedules import warmup_cosine
@@ -131,19 +133,42 @@ def _run_info(config: Config, device: torch.device, amp_dtype: torch.dtype | Non
     }
 
 
-def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
-    train = config.train
+@dataclass
+class Session:
+    """Everything built before the first step, shared by the step, logging and checkpointing code."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    dataset: ImageDataset
+    images: Tensor
+    method: Method
+    model: nn.Module  # the method, wrapped in DDP when distributed
+    policy: ViewPolicy
+    optimizer: torch.optim.Optimizer
+    sampler: StepSampler
+    monitor: KNNMonitor | None
+    logger: MetricsLogger
+    base_lr: float
+    warmup: int
+    knn_every: int
+    step: int = 0
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
+    train, optim = config.train, config.optim
     device = resolve_device(train.device, dist.local_rank())
     amp_dtype = resolve_precision(train.precision, device)
-    main = dist.is_main()
     latest = _prepare_run_dir(run_dir, config, resume)
 
     # Data: decoded once; with a disk cache the main process fills it before the others read it.
-    if config.data.cache_dir and not main:
+    if config.data.cache_dir and not dist.is_main():
         dist.barrier()
     dataset = load_training_data(config)
     val = load_training_data(config, config.data.val) if config.data.val else None
-    if config.data.cache_dir and main:
+    if config.data.cache_dir and dist.is_main():
         dist.barrier()
     images = dataset.images
     if device.type == "cuda" and images.numel() < 4 * 2**30:
@@ -157,15 +182,17 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     if train.channels_last:
         method.to(memory_format=torch.channels_last)
     size = crop_size(config, dataset)
-    policy_name = config.augment.policy or type(method).default_view_policy
     try:
         policy = VIEW_POLICIES.create(
-            policy_name, size=size, mean=config.augment.mean, std=config.augment.std, **config.augment.params
+            config.augment.policy or type(method).default_view_policy,
+            size=size,
+            mean=config.augment.mean,
+            std=config.augment.std,
+            **config.augment.params,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"augment: {error}") from None
     base_lr = scaled_learning_rate(config)
-    optim = config.optim
     optimizer = build_optimizer(
         optim.name,
         method,
@@ -177,23 +204,8 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     )
     model: nn.Module = method
     if dist.is_distributed():
-        model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    step, history = 0, {}
-    if latest is not None:
-        loaded = ckpt.load_checkpoint(latest)
-        method.load_state_dict(loaded.model)
-        optimizer.load_state_dict(loaded.optimizer_state)
-        if "rng/cpu" in loaded.extra_tensors:
-            torch.set_rng_state(loaded.extra_tensors["rng/cpu"])
-        step, history = loaded.step, loaded.state.get("history", {})
-        if loaded.state.get("world_size", dist.world_size()) != dist.world_size():
-            warnings.warn(
-                "resuming with a different number of processes: augmentations will differ", stacklevel=2
-            )
-
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids)
     sampler = StepSampler(
         len(dataset),
         train.batch_size,
@@ -201,8 +213,9 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         accumulate=train.accumulate,
         world_size=dist.world_size(),
     )
-    monitor = (
-        KNNMonitor.build(
+    monitor = None
+    if dist.is_main():
+        monitor = KNNMonitor.build(
             dataset,
             val,
             max_samples=config.eval.monitor_samples,
@@ -215,10 +228,6 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             batch_size=config.eval.batch_size,
             device=device,
         )
-        if main
-        else None
-    )
-    knn_every = train.knn_every if train.knn_every is not None else max(train.steps // 5, 1)
     warmup = optim.warmup_steps if optim.warmup_steps is not None else train.steps // 10
     if warmup > train.steps:  # e.g. a recipe's 10-epoch warm-up with a short --steps
         warnings.warn(
@@ -226,130 +235,185 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             stacklevel=2,
         )
         warmup = train.steps
-    logger = MetricsLogger(run_dir, enabled=main)
-    if main:
+    session = Session(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        amp_dtype=amp_dtype,
+        dataset=dataset,
+        images=images,
+        method=method,
+        model=model,
+        policy=policy,
+        optimizer=optimizer,
+        sampler=sampler,
+        monitor=monitor,
+        logger=MetricsLogger(run_dir, enabled=dist.is_main()),
+        base_lr=base_lr,
+        warmup=warmup,
+        knn_every=train.knn_every if train.knn_every is not None else max(train.steps // 5, 1),
+    )
+    if latest is not None:
+        _restore(session, latest)
+    if dist.is_main():
         info = _run_info(config, device, amp_dtype)
-        info["resumed_from_step"] = step
+        info["resumed_from_step"] = session.step
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-        _announce(config, dataset, val, device, amp_dtype, step)
-    collapse = CollapseDetector()
-    generator = torch.Generator(device=device)
-    stop_at = min(train.steps, step + train.stop_after) if train.stop_after else train.steps
-    bar = progress_bar(train.steps, step, enabled=train.progress and main)
-    window_start, window_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-    run_start = time.perf_counter()
-    last_logs: dict[str, float] = {}
+        announce(config, dataset, val, device, amp_dtype, session.step)
+    return session
 
-    def save(at_step: int) -> None:
-        if main:
-            extra = {"rng/cpu": torch.get_rng_state()}
-            epoch, position = sampler.position(at_step)
-            state = {
-                "history": history,
-                "world_size": dist.world_size(),
-                "data_epoch": epoch,
-                "data_position": position,
-            }
-            ckpt.save_checkpoint(
-                run_dir / "checkpoints",
-                at_step,
-                model=method.state_dict(),
-                optimizer=optimizer,
-                extra_tensors=extra,
-                state=state,
-                keep=train.keep_checkpoints,
-            )
-        dist.barrier()
 
-    def run_knn(at_step: int) -> None:
-        if monitor is not None:
-            results = monitor(method.encoder)
-            logger.log(at_step, results, kind="knn")
-            history.setdefault("knn", []).append({"step": at_step, **results})
-            first = next(iter(results))
-            bar.write(f"step {at_step}: kNN {first} = {results[first]:.2f}%")
-        dist.barrier()
-
-    model.train()
-    while step < stop_at:
-        lr = warmup_cosine(step, train.steps, base_lr, warmup_steps=warmup, final=optim.final_lr)
-        set_learning_rate(optimizer, lr)
-        for micro in range(train.accumulate):
-            batch = images[sampler.indices(step, micro, dist.rank()).to(images.device)].to(
-                device, non_blocking=True
-            )
-            generator.manual_seed(view_seed(train.seed, step, micro, dist.rank()))
-            views = policy(batch, generator)
-            if train.channels_last:
-                views.crops = [_channels_last(c) for c in views.crops]
-            last_micro = micro == train.accumulate - 1
-            no_sync = (
-                model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
-            )
-            with no_sync:
-                with autocast(device, amp_dtype):
-                    output = model(views, step)
-                if not torch.isfinite(output.loss):
-                    raise FloatingPointError(
-                        f"loss is {output.loss.item()} at step {step}; lower optim.lr or set optim.clip_grad"
-                    )
-                (output.loss / train.accumulate).backward()
-            loss_sum += output.loss.detach()
-        grad_norm = (
-            nn.utils.clip_grad_norm_(method.parameters(), optim.clip_grad)
-            if optim.clip_grad is not None
-            else None
+def _restore(session: Session, checkpoint: Path) -> None:
+    loaded = ckpt.load_checkpoint(checkpoint)
+    session.method.load_state_dict(loaded.model)
+    session.optimizer.load_state_dict(loaded.optimizer_state)
+    if "rng/cpu" in loaded.extra_tensors:
+        torch.set_rng_state(loaded.extra_tensors["rng/cpu"])
+    session.step, session.history = loaded.step, loaded.state.get("history", {})
+    if loaded.state.get("world_size", dist.world_size()) != dist.world_size():
+        warnings.warn(
+            "resuming with a different number of processes: augmentations will differ", stacklevel=2
         )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        method.on_optimizer_step(step, train.steps)
-        window_steps += 1
-        bar.update(1)
 
+
+def _save(session: Session) -> None:
+    """Checkpoint the current step (main process), then wait for it on every process."""
+    if dist.is_main():
+        epoch, position = session.sampler.position(session.step)
+        state = {
+            "history": session.history,
+            "world_size": dist.world_size(),
+            "data_epoch": epoch,
+            "data_position": position,
+        }
+        ckpt.save_checkpoint(
+            session.run_dir / "checkpoints",
+            session.step,
+            model=session.method.state_dict(),
+            optimizer=session.optimizer,
+            extra_tensors={"rng/cpu": torch.get_rng_state()},
+            state=state,
+            keep=session.config.train.keep_checkpoints,
+        )
+    dist.barrier()
+
+
+def _run_knn(session: Session, bar: tqdm) -> None:
+    """The kNN monitor (main process); every process calls this, since it holds a barrier."""
+    if session.monitor is not None:
+        results = session.monitor(session.method.encoder)
+        session.logger.log(session.step, results, kind="knn")
+        session.history.setdefault("knn", []).append({"step": session.step, **results})
+        first = next(iter(results))
+        bar.write(f"step {session.step}: kNN {first} = {results[first]:.2f}%")
+    dist.barrier()
+
+
+def _optimizer_step(session: Session, lr: float) -> tuple[MethodOutput, Tensor, Tensor | None]:
+    """One optimizer step over ``accumulate`` micro-batches; returns the last output, the summed
+    micro-batch losses and the gradient norm (when clipping)."""
+    s, train = session, session.config.train
+    rank, step = dist.rank(), session.step
+    set_learning_rate(s.optimizer, lr)
+    loss_sum = torch.zeros((), device=s.device)
+    for micro in range(train.accumulate):
+        indices = s.sampler.indices(step, micro, rank).to(s.images.device)
+        batch = s.images[indices].to(s.device, non_blocking=True)
+        generator = torch.Generator(device=s.device).manual_seed(view_seed(train.seed, step, micro, rank))
+        views = s.policy(batch, generator)
+        if train.channels_last:
+            views.crops = [_channels_last(c) for c in views.crops]
+        last_micro = micro == train.accumulate - 1
+        # Gradients are averaged across processes once, on the last micro-batch.
+        no_sync = s.model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
+        with no_sync:
+            with autocast(s.device, s.amp_dtype):
+                output = s.model(views, step)
+            if not torch.isfinite(output.loss):
+                raise FloatingPointError(
+                    f"loss is {output.loss.item()} at step {step}; lower optim.lr or set optim.clip_grad"
+                )
+            (output.loss / train.accumulate).backward()
+        loss_sum += output.loss.detach()
+    clip = s.config.optim.clip_grad
+    grad_norm = nn.utils.clip_grad_norm_(s.method.parameters(), clip) if clip is not None else None
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.step += 1
+    s.method.on_optimizer_step(s.step, train.steps)
+    return output, loss_sum, grad_norm
+
+
+class _LogWindow:
+    """Loss and throughput averaged over the steps since the last log line."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
+
+    def add(self, loss_sum: Tensor) -> None:
+        self.steps += 1
+        self.loss_sum += loss_sum  # no .item() here: a host sync per step would stall the GPU
+
+
+def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
+    s = _build_session(config, run_dir, resume)
+    train, optim = config.train, config.optim
+    collapse = CollapseDetector()
+    stop_at = min(train.steps, s.step + train.stop_after) if train.stop_after else train.steps
+    bar = progress_bar(train.steps, s.step, enabled=train.progress and dist.is_main())
+    window, run_start, last_logs = _LogWindow(s.device), time.perf_counter(), {}
+    s.model.train()
+    while s.step < stop_at:
+        lr = warmup_cosine(s.step, train.steps, s.base_lr, warmup_steps=s.warmup, final=optim.final_lr)
+        output, loss_sum, grad_norm = _optimizer_step(s, lr)
+        window.add(loss_sum)
+        bar.update(1)
+        step = s.step
         if step % train.log_every == 0 or step == stop_at:
-            loss = dist.all_reduce_mean(loss_sum / (window_steps * train.accumulate)).item()
-            elapsed = time.perf_counter() - window_start
-            throughput = window_steps * train.batch_size / max(elapsed, 1e-9)
+            loss = dist.all_reduce_mean(window.loss_sum / (window.steps * train.accumulate)).item()
+            throughput = window.steps * train.batch_size / max(time.perf_counter() - window.start, 1e-9)
             logs: dict[str, Any] = {"loss": loss, "lr": lr, "images_per_s": throughput}
             logs.update({k: _item(v) for k, v in output.logs.items()})
             if grad_norm is not None:
                 logs["grad_norm"] = float(grad_norm)
             if output.embeddings is not None:
                 logs["embedding_std"] = normalized_embedding_std(output.embeddings)
-                if step > warmup:
+                if step > s.warmup:
                     collapse.update(logs["embedding_std"], step)
-            logger.log(step, logs)
+            s.logger.log(step, logs)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{throughput:.0f}", lr=f"{lr:.3g}")
-            history.setdefault("loss", []).append([step, loss])
+            s.history.setdefault("loss", []).append([step, loss])
             last_logs = logs
-            window_start, window_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        evaluated = bool(knn_every and step % knn_every == 0 and step < train.steps)
+            window.reset()
+        evaluated = bool(s.knn_every and step % s.knn_every == 0 and step < train.steps)
         if evaluated:
-            run_knn(step)
+            _run_knn(s, bar)
         saved = bool(train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at)
         if saved:
-            save(step)
-        if (evaluated or saved) and window_steps == 0:
-            window_start = time.perf_counter()  # throughput counts training steps only
+            _save(s)
+        if (evaluated or saved) and window.steps == 0:
+            window.reset()  # throughput counts training steps only
     bar.close()
 
-    finished = step >= train.steps
-    # Every process calls run_knn (it holds a barrier).
+    finished = s.step >= train.steps
     if finished:  # the periodic monitor skips the last step, so this is its last run
-        run_knn(step)
-    save(step)
+        _run_knn(s, bar)
+    _save(s)
     summary: dict[str, Any] = {}
-    if main:
-        summary = _summary(config, dataset, last_logs, history, step, time.perf_counter() - run_start)
+    if dist.is_main():
+        summary = summarize(config, s.dataset, last_logs, s.history, s.step, time.perf_counter() - run_start)
         if finished:
-            save_tensors_atomic(run_dir / "encoder.safetensors", method.encoder.state_dict())
+            save_tensors_atomic(run_dir / "encoder.safetensors", s.method.encoder.state_dict())
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_report(run_dir, config, summary, history)
-        _print_summary(summary, finished)
-    logger.close()
+        write_report(run_dir, config, summary, s.history)
+        print_summary(summary, finished)
+    s.logger.close()
     dist.barrier()  # every process returns only once the run directory is complete
-    return RunResult(run_dir=run_dir, step=step, finished=finished, summary=summary)
+    return RunResult(run_dir=run_dir, step=s.step, finished=finished, summary=summary)
 
 
 def _channels_last(x: Tensor) -> Tensor:
@@ -358,60 +422,3 @@ def _channels_last(x: Tensor) -> Tensor:
 
 def _item(value: Tensor | float) -> float:
     return value.detach().float().item() if isinstance(value, Tensor) else float(value)
-
-
-def _announce(
-    config: Config,
-    dataset: ImageDataset,
-    val: ImageDataset | None,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    step: int,
-) -> None:
-    h, w = dataset.image_size
-    labels = f"{dataset.labeled_fraction:.0%} labeled" if dataset.has_labels else "no labels"
-    print(
-        f"selfsup pretrain: {config.method.name} / {config.encoder.name} on {config.data.source} "
-        f"({len(dataset)} images {h}x{w}, {labels}); {dist.world_size()} process(es) on {device}, "
-        f"{'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}"
-        + (f"; resuming at step {step}" if step else ""),
-        file=sys.stderr,
-    )
-    for data in (dataset, val):
-        if data is not None and data.skipped:
-            print(f"  skipped {len(data.skipped)} unreadable input(s) in {data.source}", file=sys.stderr)
-
-
-def _summary(
-    config: Config,
-    dataset: ImageDataset,
-    logs: dict[str, Any],
-    history: dict[str, Any],
-    step: int,
-    seconds: float,
-) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "method": config.method.name,
-        "encoder": config.encoder.name,
-        "data": config.data.source,
-        "images": len(dataset),
-        "skipped_inputs": len(dataset.skipped),
-        "steps": step,
-        "final_loss": logs.get("loss"),
-        "images_per_s": logs.get("images_per_s"),
-        "wall_seconds": round(seconds, 1),
-    }
-    if history.get("knn"):
-        summary.update({k: v for k, v in history["knn"][-1].items() if k != "step"})
-    if dataset.skipped:
-        summary["skipped_examples"] = [f"{i}: {r}" for i, r in dataset.skipped[:5]]
-    return summary
-
-
-def _print_summary(summary: dict[str, Any], finished: bool) -> None:
-    rows = [(k, v) for k, v in summary.items() if k != "skipped_examples" and v is not None]
-    width = max(len(k) for k, _ in rows)
-    print("\n" + ("pretraining finished" if finished else "pretraining stopped early (resume with --resume)"))
-    for key, value in rows:
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {shown}")

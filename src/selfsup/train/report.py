@@ -1,11 +1,16 @@
-"""The human-readable end of a run: ``report.md`` and ``loss_curve.png`` in the run directory."""
+"""What a person reads about a run: the opening line, the final table, report.md, loss_curve.png."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from selfsup import dist
 from selfsup.config import Config
+from selfsup.data.base import ImageDataset
 
 
 def plot_loss_curve(path: Path, points: list[list[float]], title: str) -> bool:
@@ -57,3 +62,60 @@ def write_report(run_dir: Path, config: Config, summary: dict[str, Any], history
         lines += ["", "![loss curve](loss_curve.png)"]
     lines += ["", "Resolved configuration: `config.yaml`; metrics: `metrics.jsonl` and `tensorboard/`."]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def announce(
+    config: Config,
+    dataset: ImageDataset,
+    val: ImageDataset | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    step: int,
+) -> None:
+    h, w = dataset.image_size
+    labels = f"{dataset.labeled_fraction:.0%} labeled" if dataset.has_labels else "no labels"
+    print(
+        f"selfsup pretrain: {config.method.name} / {config.encoder.name} on {config.data.source} "
+        f"({len(dataset)} images {h}x{w}, {labels}); {dist.world_size()} process(es) on {device}, "
+        f"{'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}"
+        + (f"; resuming at step {step}" if step else ""),
+        file=sys.stderr,
+    )
+    for data in (dataset, val):
+        if data is not None and data.skipped:
+            print(f"  skipped {len(data.skipped)} unreadable input(s) in {data.source}", file=sys.stderr)
+
+
+def summarize(
+    config: Config,
+    dataset: ImageDataset,
+    logs: dict[str, Any],
+    history: dict[str, Any],
+    step: int,
+    seconds: float,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "method": config.method.name,
+        "encoder": config.encoder.name,
+        "data": config.data.source,
+        "images": len(dataset),
+        "skipped_inputs": len(dataset.skipped),
+        "steps": step,
+        "final_loss": logs.get("loss"),
+        "images_per_s": logs.get("images_per_s"),
+        "wall_seconds": round(seconds, 1),
+    }
+    if history.get("knn"):
+        summary.update({k: v for k, v in history["knn"][-1].items() if k != "step"})
+    if dataset.skipped:
+        summary["skipped_examples"] = [f"{i}: {r}" for i, r in dataset.skipped[:5]]
+    return summary
+
+
+def print_summary(summary: dict[str, Any], finished: bool) -> None:
+    rows = [(k, v) for k, v in summary.items() if k != "skipped_examples" and v is not None]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + ("pretraining finished" if finished else "pretraining stopped early (resume with --resume)"))
+    for key, value in rows:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
