@@ -33,8 +33,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
+# CIFAR-10 shards to benchmark on (the project's copy sits beside the checkout).
+BENCH_DATA ?= ../shared/data/cifar10/train-000.tar
+BENCH_DEVICE ?= cpu
+
 bench: $(STAMP)
-	$(PY) bench/throughput.py
+	$(PY) bench/throughput.py --data '$(BENCH_DATA)' --device $(BENCH_DEVICE)
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

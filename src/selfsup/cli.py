@@ -89,6 +89,12 @@ def _list(args: argparse.Namespace) -> int:
         for name in registry.names():
             summary = registry.summary(name)
             print(f"  {name:<18} {summary}" if summary else f"  {name}")
+            if args.verbose and what != "sources":
+                for option, parameter in registry.parameters(name).items():
+                    if option in ("encoder", "size", "mean", "std"):  # supplied by the trainer
+                        continue
+                    default = "" if parameter.default is parameter.empty else f" = {parameter.default!r}"
+                    print(f"      {option}{default}")
     return 0
 
 
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="registered methods, encoders, data sources, view policies and recipes"
     )
     p.add_argument("what", nargs="*", help="any of: methods encoders sources views recipes (default: all)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
     p.set_defaults(run=_list)
 
     p = commands.add_parser("demo", help="SimCLR on the bundled digits in about two minutes on a CPU")
