@@ -135,6 +135,9 @@ def test_list_shows_every_registry() -> None:
         "simclr_digits",
     ):
         assert name in done.stdout
+    verbose = selfsup("list", "methods", "-v")
+    assert verbose.returncode == 0 and "temperature = 0.5" in verbose.stdout
+    assert "base_momentum = 0.996" in verbose.stdout
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:

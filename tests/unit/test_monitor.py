@@ -26,7 +26,8 @@ def test_detector_warns_once_after_patience() -> None:
     detector = CollapseDetector(threshold=0.05, patience=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = [detector.update(v, step) for step, v in enumerate([0.01, 0.01, 0.5, 0.01, 0.01, 0.01, 0.01])]
+        values = [0.01, 0.01, 0.5, 0.01, 0.01, 0.01, 0.01]
+        results = [detector.update(v, step) for step, v in enumerate(values)]
     assert results == [False, False, False, False, False, True, False]
     assert len(caught) == 1 and "collapsed" in str(caught[0].message)
 
