@@ -131,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="fail on the first unreadable input instead of skipping it"
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.lr=0.1")
-    p.set_defaults(run=_pretrain)
+    p.set_defaults(handler=_pretrain)
 
     p = commands.add_parser("embed", help="write embeddings of a data source to an .npz file")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="output .npz (embeddings, labels, ids)")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(run=_embed)
+    p.set_defaults(handler=_embed)
 
     p = commands.add_parser("eval", help="evaluate a pretrained encoder")
     evaluations = p.add_subparsers(dest="evaluation", required=True)
@@ -150,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--temperature", type=float)
     q.add_argument("--device", default="cpu")
     q.add_argument("--out", help="JSON file for the results (default RUN/eval/knn.json)")
-    q.set_defaults(run=_eval_knn)
+    q.set_defaults(handler=_eval_knn)
 
     p = commands.add_parser(
         "list", help="registered methods, encoders, data sources, view policies and recipes"
     )
     p.add_argument("what", nargs="*", help="any of: methods encoders sources views recipes (default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
-    p.set_defaults(run=_list)
+    p.set_defaults(handler=_list)
 
     p = commands.add_parser("demo", help="SimCLR on the bundled digits in about two minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe"
     )
-    p.set_defaults(run=_demo)
+    p.set_defaults(handler=_demo)
     return parser
 
 
@@ -185,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except (ConfigError, DataError, UnknownNameError, FileNotFoundError) as error:
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 2

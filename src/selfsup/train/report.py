@@ -15,7 +15,7 @@ from selfsup.data.base import ImageDataset
 
 def plot_loss_curve(path: Path, points: list[list[float]], title: str) -> bool:
     """Write a PNG of loss against step; False when there is nothing to plot."""
-    if len(points) < 2:
+    if not points:
         return False
     import matplotlib
 
@@ -24,7 +24,7 @@ def plot_loss_curve(path: Path, points: list[list[float]], title: str) -> bool:
 
     steps, losses = zip(*points, strict=True)
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.plot(steps, losses, linewidth=1.5)
+    axis.plot(steps, losses, linewidth=1.5, marker="o" if len(points) < 20 else None)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("training loss")
     axis.set_title(title)
