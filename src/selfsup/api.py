@@ -26,14 +26,13 @@ from selfsup.config import (
     load_recipe,
     to_dict,
 )
-from selfsup.data import load_images
 from selfsup.data.base import ImageDataset
 from selfsup.encoders import ENCODERS, Encoder
 from selfsup.eval.features import extract_features
-from selfsup.eval.knn import KNNProbe
+from selfsup.eval.knn import knn_accuracy
 from selfsup.io import write_atomic, write_text_atomic
 from selfsup.train import checkpoint as ckpt
-from selfsup.train.loop import RunResult, pretrain_run
+from selfsup.train.loop import RunResult, crop_size, load_training_data, pretrain_run
 from selfsup.train.runtime import resolve_device
 
 
@@ -133,8 +132,8 @@ class Pretrained:
         self.device = device
 
     def load_data(self, source: str) -> ImageDataset:
-        data = self.config.data
-        return load_images(source, image_size=data.image_size, strict=data.strict, cache_dir=data.cache_dir)
+        """Decode ``source`` as the run decoded its training data (image size, strictness, cache)."""
+        return load_training_data(self.config, source)
 
     def features(self, images: Tensor, batch_size: int | None = None) -> Tensor:
         """Pooled features ``(N, embed_dim)`` of uint8 images ``(N, 3, H, W)``."""
@@ -142,7 +141,7 @@ class Pretrained:
         return extract_features(
             self.encoder,
             images,
-            size=augment.size or images.shape[-1],
+            size=crop_size(self.config, images.shape[-1]),
             mean=augment.mean,
             std=augment.std,
             batch_size=batch_size or self.config.eval.batch_size,
@@ -210,11 +209,14 @@ def evaluate_knn(
     train_data, test_data = model.load_data(train), model.load_data(test)
     if not train_data.has_labels:
         raise ConfigError(f"kNN needs labels, but {train!r} has none (use class sub-folders or .cls files)")
-    probe = KNNProbe(
-        k=tuple(k or model.config.eval.knn_k), temperature=temperature or model.config.eval.knn_temperature
+    results = knn_accuracy(
+        model.features(train_data.images),
+        train_data.labels,
+        model.features(test_data.images),
+        test_data.labels,
+        k=tuple(k or model.config.eval.knn_k),
+        temperature=temperature or model.config.eval.knn_temperature,
     )
-    probe.fit(model.features(train_data.images), train_data.labels)
-    results = probe.evaluate(model.features(test_data.images), test_data.labels)
     target = Path(out) if out is not None else model.run_dir / "eval" / "knn.json"
     record = {"train": train, "test": test, **results}
     write_text_atomic(target, json.dumps(record, indent=2) + "\n")

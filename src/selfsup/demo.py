@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from selfsup.api import load, make_config
+from selfsup.api import Pretrained, load, make_config
 from selfsup.augment.base import to_normalized_float
 from selfsup.encoders import ENCODERS
-from selfsup.eval.features import extract_features
-from selfsup.eval.knn import KNNProbe
-from selfsup.train.loop import load_training_data, pretrain_run
+from selfsup.eval.knn import knn_accuracy
+from selfsup.train.loop import crop_size, pretrain_run
 
 DEMO_RECIPE = "simclr_digits"
 
@@ -43,33 +43,31 @@ def run_demo(
     run_dir = _fresh_directory(Path(out))
     pretrain_run(config, run_dir)
 
-    model = load(run_dir, device=device)
-    train = load_training_data(config, "digits:train")
-    test = load_training_data(config, "digits:test")
-    k, temperature = tuple(config.eval.knn_k), config.eval.knn_temperature
-
-    def knn(train_features: torch.Tensor, test_features: torch.Tensor) -> dict[str, float]:
-        probe = KNNProbe(k=k, temperature=temperature)
-        probe.fit(train_features, train.labels)
-        return probe.evaluate(test_features, test.labels)
-
+    pretrained = load(run_dir, device=device)
+    train, test = pretrained.load_data("digits:train"), pretrained.load_data("digits:test")
+    # The same architecture with the same initial weights as the pretrained run, never trained.
     torch.manual_seed(config.train.seed)
-    random_encoder = ENCODERS.create(config.encoder.name, **config.encoder.params)
-    size = config.augment.size or train.image_size[0]
-    augment = config.augment
-
-    def random_features(images: torch.Tensor) -> torch.Tensor:
-        return extract_features(
-            random_encoder, images, size=size, mean=augment.mean, std=augment.std, device=device
-        )
+    encoder = ENCODERS.create(config.encoder.name, **config.encoder.params).to(pretrained.device)
+    untrained = Pretrained(run_dir, config, encoder, pretrained.device)
+    augment, size = config.augment, crop_size(config, train.image_size[0])
 
     def pixels(images: torch.Tensor) -> torch.Tensor:
         return to_normalized_float(images, augment.mean, augment.std, size).flatten(1)
 
+    def knn(features: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        return knn_accuracy(
+            features(train.images),
+            train.labels,
+            features(test.images),
+            test.labels,
+            k=tuple(config.eval.knn_k),
+            temperature=config.eval.knn_temperature,
+        )
+
     results = {
-        "pretrained (SimCLR)": knn(model.features(train.images), model.features(test.images)),
-        "random init": knn(random_features(train.images), random_features(test.images)),
-        "raw pixels": knn(pixels(train.images), pixels(test.images)),
+        "pretrained (SimCLR)": knn(pretrained.features),
+        "random init": knn(untrained.features),
+        "raw pixels": knn(pixels),
     }
     seconds = time.perf_counter() - start
     _print_table(results, run_dir, seconds)

@@ -307,3 +307,20 @@ class KNNProbe:
             metrics[f"knn_top1@{k}"] = 100.0 * correct1[k] / num_test
             metrics[f"knn_top5@{k}"] = 100.0 * correct5[k] / num_test
         return metrics
+
+
+def knn_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    k: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+) -> dict[str, float]:
+    """Fit a :class:`KNNProbe` on the training features and return its accuracies on the test features."""
+    return (
+        KNNProbe(k=k, temperature=temperature)
+        .fit(train_features, train_labels)
+        .evaluate(test_features, test_labels)
+    )

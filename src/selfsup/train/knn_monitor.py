@@ -15,7 +15,7 @@ from torch import Tensor
 from selfsup.data.base import UNKNOWN_LABEL, ImageDataset
 from selfsup.encoders.base import Encoder
 from selfsup.eval.features import extract_features
-from selfsup.eval.knn import KNNProbe
+from selfsup.eval.knn import knn_accuracy
 
 
 @dataclass
@@ -73,6 +73,11 @@ class KNNMonitor:
                 device=self.device,
             )
 
-        probe = KNNProbe(k=self.k, temperature=self.temperature)
-        probe.fit(features(self.bank_images), self.bank_labels)
-        return probe.evaluate(features(self.query_images), self.query_labels)
+        return knn_accuracy(
+            features(self.bank_images),
+            self.bank_labels,
+            features(self.query_images),
+            self.query_labels,
+            k=self.k,
+            temperature=self.temperature,
+        )

@@ -37,7 +37,13 @@ from selfsup.methods import METHODS, Method, MethodOutput
 from selfsup.sync_batchnorm import convert_sync_batchnorm
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.knn_monitor import KNNMonitor
-from selfsup.train.monitor import CollapseDetector, MetricsLogger, normalized_embedding_std, progress_bar
+from selfsup.train.monitor import (
+    CollapseDetector,
+    MetricsLogger,
+    normalized_embedding_std,
+    progress_bar,
+    to_scalar,
+)
 from selfsup.train.optim import build_optimizer, set_learning_rate
 from selfsup.train.report import announce, print_summary, summarize, write_report
 from selfsup.train.runtime import autocast, resolve_device, resolve_precision, seed_everything
@@ -59,8 +65,9 @@ def build_method(config: Config) -> Method:
     return METHODS.get(config.method.name)(encoder=encoder, **config.method.params)
 
 
-def crop_size(config: Config, dataset: ImageDataset) -> int:
-    return config.augment.size or dataset.image_size[0]
+def crop_size(config: Config, image_side: int) -> int:
+    """Side of the views and of the evaluation inputs: ``augment.size``, else the decoded image side."""
+    return config.augment.size or image_side
 
 
 def load_training_data(config: Config, source: str | None = None) -> ImageDataset:
@@ -181,7 +188,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     method.to(device)
     if train.channels_last:
         method.to(memory_format=torch.channels_last)
-    size = crop_size(config, dataset)
+    size = crop_size(config, dataset.image_size[0])
     try:
         policy = VIEW_POLICIES.create(
             config.augment.policy or type(method).default_view_policy,
@@ -377,7 +384,7 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             loss = dist.all_reduce_mean(window.loss_sum / (window.steps * train.accumulate)).item()
             throughput = window.steps * train.batch_size / max(time.perf_counter() - window.start, 1e-9)
             logs: dict[str, Any] = {"loss": loss, "lr": lr, "images_per_s": throughput}
-            logs.update({k: _item(v) for k, v in output.logs.items()})
+            logs.update({k: to_scalar(v) for k, v in output.logs.items()})
             if grad_norm is not None:
                 logs["grad_norm"] = float(grad_norm)
             if output.embeddings is not None:
@@ -418,7 +425,3 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
 
 def _channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-
-
-def _item(value: Tensor | float) -> float:
-    return value.detach().float().item() if isinstance(value, Tensor) else float(value)

@@ -38,7 +38,7 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any], *, kind: str = "train") -> None:
         if not self.enabled:
             return
-        record = {"step": step, "kind": kind, **{k: _scalar(v) for k, v in metrics.items()}}
+        record = {"step": step, "kind": kind, **{k: to_scalar(v) for k, v in metrics.items()}}
         assert self._file is not None
         self._file.write(json.dumps(record) + "\n")
         if self._writer is not None:
@@ -53,7 +53,8 @@ class MetricsLogger:
             self._writer.close()
 
 
-def _scalar(value: Any) -> Any:
+def to_scalar(value: Any) -> Any:
+    """A tensor becomes a Python float (for JSON); anything else is returned as it is."""
     if isinstance(value, Tensor):
         return value.detach().float().item()
     return value
