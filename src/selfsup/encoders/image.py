@@ -253,19 +253,23 @@ class SmallCNN(Encoder):
         return EncoderOutput(pooled=pool_hidden_state(h), last_hidden_state=h, hidden_states=tuple(hidden))
 
 
+def _options(stem: str, width: int, in_channels: int, zero_init_residual: bool) -> dict[str, object]:
+    """The options every registered ResNet takes (each factory keeps its own signature for the registry)."""
+    return {
+        "stem": stem,
+        "width": width,
+        "in_channels": in_channels,
+        "zero_init_residual": zero_init_residual,
+    }
+
+
 @ENCODERS.register("resnet18")
 def resnet18(
     stem: str = "imagenet", width: int = 64, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]); embed_dim 8 * width (512 at width 64)."""
     return ResNet(
-        BasicBlock,
-        (2, 2, 2, 2),
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-        name="resnet18",
+        BasicBlock, (2, 2, 2, 2), name="resnet18", **_options(stem, width, in_channels, zero_init_residual)
     )
 
 
@@ -277,11 +281,8 @@ def resnet18_narrow(
     return ResNet(
         BasicBlock,
         (2, 2, 2, 2),
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
         name="resnet18_narrow",
+        **_options(stem, width, in_channels, zero_init_residual),
     )
 
 
@@ -291,13 +292,7 @@ def resnet50(
 ) -> ResNet:
     """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); embed_dim 32 * width (2048 at width 64)."""
     return ResNet(
-        Bottleneck,
-        (3, 4, 6, 3),
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-        name="resnet50",
+        Bottleneck, (3, 4, 6, 3), name="resnet50", **_options(stem, width, in_channels, zero_init_residual)
     )
 
 
