@@ -373,11 +373,6 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.lr_scaling must be linear, sqrt or none, got {config.optim.lr_scaling!r}")
 
 
-def replace(config: Config) -> Config:
-    """A deep copy (configs are mutated by overrides)."""
-    return from_dict(to_dict(config)) if config is not None else Config()
-
-
 __all__ = [
     "RUNTIME_KEYS",
     "Component",
