@@ -56,7 +56,9 @@ class SimCLR(Method):
         z = self.projector(self.encoder(torch.cat(views.crops)).pooled)
         z1, z2 = z[:batch], z[batch:]
         if self.gather_negatives and dist.is_distributed():
-            z1_all, z2_all = dist.all_gather_with_grad(z1), dist.all_gather_with_grad(z2)
+            # One collective for both views: (B, 2, D) from every process, in rank order.
+            gathered = dist.all_gather_with_grad(torch.stack([z1, z2], dim=1))
+            z1_all, z2_all = gathered[:, 0], gathered[:, 1]
             offset = dist.rank() * batch
         else:
             z1_all, z2_all, offset = z1, z2, 0
