@@ -7,32 +7,28 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from selfsup.config import (
-    Config,
-    ConfigError,
-    apply_dict,
-    apply_overrides,
-    from_dict,
-    load_config,
-    load_recipe,
-    to_dict,
-)
-from selfsup.data.base import ImageDataset
-from selfsup.encoders import ENCODERS, Encoder
+from selfsup.augment.base import InputTransform
+from selfsup.build import build_encoder, load_data, load_inputs
+from selfsup.config import Config, apply_dict, apply_overrides, from_dict, load_config, load_recipe, to_dict
+from selfsup.data.base import DataInfo, Dataset
+from selfsup.encoders import Encoder
+from selfsup.errors import CheckpointError, ConfigError
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.io import write_atomic, write_text_atomic
 from selfsup.train import checkpoint as ckpt
-from selfsup.train.loop import RunResult, crop_size, load_training_data, pretrain_run
+from selfsup.train.loop import RunResult, pretrain_run
 from selfsup.train.runtime import resolve_device
 
 
@@ -123,39 +119,84 @@ class Embeddings:
 
 
 class Pretrained:
-    """A pretrained encoder with the preprocessing of its run (image size, normalization)."""
+    """A pretrained encoder with what its run knows about its inputs: the data description and the
+    input transform (image size and normalization, or the fitted vector standardization)."""
 
-    def __init__(self, run_dir: Path, config: Config, encoder: Encoder, device: torch.device) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Config,
+        encoder: Encoder,
+        info: DataInfo,
+        transform: InputTransform,
+        device: torch.device,
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.encoder = encoder
+        self.info = info
+        self.transform = transform
         self.device = device
 
-    def load_data(self, source: str) -> ImageDataset:
-        """Decode ``source`` as the run decoded its training data (image size, strictness, cache)."""
-        return load_training_data(self.config, source)
+    def load_data(self, source: str) -> Dataset:
+        """Load ``source`` as the run loaded its training data (image size, strictness, caches)."""
+        dataset = load_data(self.config, source)
+        new, trained = dataset.info, self.info
+        # Images of another size are resized by the transform; every other shape must match.
+        if new.modality != trained.modality or (
+            new.modality != "image" and new.sample_shape != trained.sample_shape
+        ):
+            raise ConfigError(
+                f"{source!r} holds {new.modality} samples of shape {new.sample_shape}, but the encoder of "
+                f"{self.run_dir} was trained on {trained.modality} samples of shape {trained.sample_shape}"
+            )
+        return dataset
 
-    def features(self, images: Tensor, batch_size: int | None = None) -> Tensor:
-        """Pooled features ``(N, embed_dim)`` of uint8 images ``(N, 3, H, W)``."""
-        augment = self.config.augment
+    def features(
+        self,
+        data: str | Dataset,
+        *,
+        layers: list[int] | None = None,
+        batch_size: int | None = None,
+        cache: bool = True,
+    ) -> Any:
+        """Features of every sample of ``data`` (see :func:`selfsup.eval.features.extract_features`):
+        pooled ``(N, D)`` by default, or ``{layer: (N, C)}``. Cached under ``RUN/features/`` unless
+        ``cache=False``; the cache is keyed by the weights, the transform, the data and the layers."""
+        dataset = self.load_data(data) if isinstance(data, str) else data
         return extract_features(
             self.encoder,
-            images,
-            size=crop_size(self.config, images.shape[-1]),
-            mean=augment.mean,
-            std=augment.std,
+            dataset,
+            self.transform,
+            layers=layers,
             batch_size=batch_size or self.config.eval.batch_size,
             device=self.device,
+            cache_dir=self.run_dir / "features" if cache else None,
+            workers=self.config.data.workers,
         )
 
-    def embed(self, data: str | ImageDataset, batch_size: int | None = None) -> Embeddings:
+    def embed(self, data: str | Dataset, batch_size: int | None = None) -> Embeddings:
         dataset = self.load_data(data) if isinstance(data, str) else data
-        features = self.features(dataset.images, batch_size)
+        features = self.features(dataset, batch_size=batch_size)
         return Embeddings(
-            embeddings=features.numpy().astype(np.float32),
-            labels=dataset.labels.numpy().astype(np.int64),
+            embeddings=np.asarray(features, dtype=np.float32),
+            labels=dataset.labels.cpu().numpy().astype(np.int64),
             ids=np.asarray(dataset.ids, dtype=str),
         )
+
+
+def _encoder_weights(run_dir: Path) -> dict[str, Tensor]:
+    weights_path = run_dir / "encoder.safetensors"
+    if weights_path.exists():
+        try:
+            return load_file(str(weights_path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"cannot read {weights_path} (corrupt?): {error}") from None
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        raise CheckpointError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
+    model = ckpt.load_checkpoint(latest).model
+    return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
@@ -165,20 +206,15 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
     if not config_path.exists():
         raise ConfigError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
     config = load_config(config_path)
-    encoder = ENCODERS.create(config.encoder.name, **config.encoder.params)
-    weights_path = run_dir / "encoder.safetensors"
-    if weights_path.exists():
-        weights = load_file(str(weights_path))
-    else:
-        latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if latest is None:
-            raise ConfigError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
-        model = ckpt.load_checkpoint(latest).model
-        weights = {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
-    encoder.load_state_dict(weights)
+    info, transform = load_inputs(run_dir)
+    encoder = build_encoder(config, info)
+    try:
+        encoder.load_state_dict(_encoder_weights(run_dir))
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {run_dir} do not fit its encoder: {error}") from None
     resolved = resolve_device(device)
     encoder.to(resolved).eval()
-    return Pretrained(run_dir, config, encoder, resolved)
+    return Pretrained(run_dir, config, encoder, info, transform, resolved)
 
 
 def embed(
@@ -203,16 +239,18 @@ def evaluate_knn(
     out: str | Path | None = None,
 ) -> dict[str, float]:
     """kNN accuracy (top-1/top-5 in %) of frozen features; saved as JSON (default ``RUN/eval/knn.json``)."""
-    import json
-
     model = run if isinstance(run, Pretrained) else load(run, device)
     train_data, test_data = model.load_data(train), model.load_data(test)
-    if not train_data.has_labels:
-        raise ConfigError(f"kNN needs labels, but {train!r} has none (use class sub-folders or .cls files)")
+    for name, data in (("train", train), ("test", test)):
+        dataset = train_data if name == "train" else test_data
+        if not dataset.has_labels:
+            raise ConfigError(
+                f"kNN needs labels, but {data!r} has none (class sub-folders, .cls files or a 'labels' array)"
+            )
     results = knn_accuracy(
-        model.features(train_data.images),
+        model.features(train_data),
         train_data.labels,
-        model.features(test_data.images),
+        model.features(test_data),
         test_data.labels,
         k=tuple(k or model.config.eval.knn_k),
         temperature=temperature or model.config.eval.knn_temperature,

@@ -9,9 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from selfsup.config import ConfigError
-from selfsup.data.base import DataError
-from selfsup.registry import UnknownNameError
+from selfsup.errors import SelfsupError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -63,7 +61,7 @@ def _eval_knn(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from selfsup.augment import VIEW_POLICIES
-    from selfsup.config import recipe_names
+    from selfsup.config import ConfigError, recipe_names
     from selfsup.data import SOURCES
     from selfsup.encoders import ENCODERS
     from selfsup.methods import METHODS
@@ -74,7 +72,7 @@ def _list(args: argparse.Namespace) -> int:
         "sources": SOURCES,
         "views": VIEW_POLICIES,
     }
-    everything = ["methods", "encoders", "sources", "views", "recipes"]
+    everything = ["modalities", "methods", "encoders", "sources", "views", "recipes"]
     wanted = args.what or everything
     for what in wanted:
         if what not in everything:
@@ -85,13 +83,24 @@ def _list(args: argparse.Namespace) -> int:
             for name in recipe_names():
                 print(f"  {name}")
             continue
+        if what == "modalities":
+            from selfsup.modalities import MODALITIES
+
+            for name, modality in sorted(MODALITIES.items()):
+                print(
+                    f"  {name:<18} default encoder {modality.default_encoder}, "
+                    f"default method {modality.default_method}"
+                )
+            continue
         registry = sections[what]
         for name in registry.names():
             summary = registry.summary(name)
-            print(f"  {name:<18} {summary}" if summary else f"  {name}")
+            modality = registry.metadata(name).get("modality")
+            tag = f"[{modality}] " if modality else ""
+            print(f"  {name:<18} {tag}{summary}" if summary or tag else f"  {name}")
             if args.verbose and what != "sources":
                 for option, parameter in registry.parameters(name).items():
-                    if option in ("encoder", "size", "mean", "std"):  # supplied by the trainer
+                    if option in ("encoder", "info", "transform"):  # supplied by the builder
                         continue
                     default = "" if parameter.default is parameter.empty else f" = {parameter.default!r}"
                     print(f"      {option}{default}")
@@ -116,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", help="data source: folder, tar shards (path/list/glob), CIFAR pickle dir, .npy/.npz, digits"
     )
-    p.add_argument("--method", help="method name (see `selfsup list methods`)")
-    p.add_argument("--encoder", help="encoder name (see `selfsup list encoders`)")
+    p.add_argument("--method", help="method name (see `selfsup list methods`; default: the modality's)")
+    p.add_argument("--encoder", help="encoder name (see `selfsup list encoders`; default: the modality's)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--steps", type=int, help="optimizer steps (0: save the randomly initialised encoder)")
     p.add_argument("--batch-size", type=int, help="global batch size per optimizer step")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
@@ -153,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_eval_knn)
 
     p = commands.add_parser(
-        "list", help="registered methods, encoders, data sources, view policies and recipes"
+        "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"
     )
-    p.add_argument("what", nargs="*", help="any of: methods encoders sources views recipes (default: all)")
+    p.add_argument(
+        "what", nargs="*", help="any of: modalities methods encoders sources views recipes (default: all)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
     p.set_defaults(handler=_list)
 
@@ -186,9 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, DataError, UnknownNameError, FileNotFoundError) as error:
+    except (SelfsupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # a diverged run: the message says what to change
+        print(f"selfsup: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130

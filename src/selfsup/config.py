@@ -6,7 +6,9 @@ One :class:`Config` describes a run completely; it is saved resolved in every ru
 
 Components chosen from a registry (method, encoder, view policy) are a ``name`` plus free
 keyword ``params``: ``method=byol``, ``method.base_momentum=0.99`` or ``encoder.stem=cifar``.
-Their keys are checked against the registered factory's signature by :func:`validate`.
+Their keys are checked against the registered factory's signature by :func:`validate`. A name
+left empty is filled from the data's modality (:func:`selfsup.build.resolve_components`), so the
+``config.yaml`` of a run always names every component.
 """
 
 from __future__ import annotations
@@ -18,18 +20,15 @@ from typing import Any
 
 import yaml
 
+from selfsup.errors import ConfigError
 from selfsup.registry import suggest
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and why."""
 
 
 @dataclass
 class Component:
     """A registered component: its name and keyword arguments for its factory."""
 
-    name: str
+    name: str | None
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -37,6 +36,14 @@ class Component:
 class DataConfig:
     source: str = "digits"
     """What to pretrain on: a folder, tar shards (path, list, glob), a CIFAR pickle dir, .npy/.npz, digits."""
+    loading: str = "auto"
+    """memory (decode once), stream (decode on demand: folders, tar shards) or auto (stream when too big)."""
+    memory_limit_gb: float | None = None
+    """Decoded size above which `auto` streams; None: a quarter of the machine's RAM."""
+    workers: int | None = None
+    """Threads decoding streamed samples ahead of the step that needs them; None: the cores, at most 8."""
+    prefetch: int = 4
+    """Streamed micro-batches decoded ahead (bounded memory)."""
     image_size: int | None = None
     """Decode images to this square size (shorter side, then center crop); None keeps a common native size."""
     max_samples: int | None = None
@@ -52,11 +59,14 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     policy: str | None = None
-    """View policy (see `selfsup list`); None uses the method's own (SimCLR's or BYOL's)."""
+    """View policy (see `selfsup list`); None uses the method's own for the data's modality."""
     size: int | None = None
-    """Output crop size; None uses the decoded image size."""
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """Images: side of the views and of the evaluation inputs; None uses the decoded image size."""
+    mean: tuple[float, ...] | None = None
+    """Images: per-channel normalization mean; None is ImageNet's. (Vectors are standardized with
+    statistics fitted on the training data instead.)"""
+    std: tuple[float, ...] | None = None
+    """Images: per-channel normalization std; None is ImageNet's."""
     params: dict[str, Any] = field(default_factory=dict)
     """Options of the view policy (e.g. crop_scale, blur_p); checked against the policy's signature."""
 
@@ -82,7 +92,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    """Optimizer steps."""
+    """Optimizer steps; 0 writes the randomly initialised encoder (the usual baseline row)."""
     batch_size: int = 256
     """Global batch per optimizer step, summed over processes and accumulation micro-batches."""
     accumulate: int = 1
@@ -91,10 +101,10 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     precision: str = "auto"
-    """bf16, fp32, or auto: bf16 on GPUs and on CPUs with native bf16 instructions."""
+    """bf16, fp32, or auto: bf16 autocast on GPUs with bf16, fp32 on CPUs (see docs/ARCHITECTURE.md)."""
     channels_last: bool = True
-    sync_bn: bool = False
-    """Synchronize BatchNorm statistics across processes."""
+    sync_bn: bool = True
+    """Global BatchNorm: statistics over the global batch when distributed (SimCLR's "global BN")."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -116,8 +126,10 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    method: Component = field(default_factory=lambda: Component("simclr"))
-    encoder: Component = field(default_factory=lambda: Component("resnet18"))
+    method: Component = field(default_factory=lambda: Component(None))
+    """None: the data's modality's default (SimCLR for images and vectors)."""
+    encoder: Component = field(default_factory=lambda: Component(None))
+    """None: the data's modality's default (ResNet-18 for images, an MLP for vectors)."""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -128,7 +140,18 @@ class Config:
 
 
 # Keys that may differ between a run and its resumption: they do not change the maths.
-RUNTIME_KEYS = frozenset({"train.stop_after", "train.progress", "train.device", "data.cache_dir"})
+RUNTIME_KEYS = frozenset(
+    {
+        "train.stop_after",
+        "train.progress",
+        "train.device",
+        "data.cache_dir",
+        "data.workers",
+        "data.prefetch",
+        "data.loading",
+        "data.memory_limit_gb",
+    }
+)
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -334,19 +357,33 @@ def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 
-def validate(config: Config) -> None:
-    """Check names and component parameters against the registries, and basic ranges."""
+# Arguments the builder supplies to registered factories itself; a user may not set them.
+PROVIDED = {
+    "method": ("encoder",),
+    "encoder": ("info",),
+    "policy": ("info", "transform", "encoder"),
+}
+
+
+def validate(config: Config, modality: str | None = None) -> None:
+    """Check names and component options against the registries, and basic ranges.
+
+    Components whose name is still None (filled from the data's modality later) are skipped; the
+    builder calls this again once they are resolved, with the data's ``modality``.
+    """
     from selfsup.augment import VIEW_POLICIES
     from selfsup.encoders import ENCODERS
     from selfsup.methods import METHODS
 
-    for label, registry, component, provided in (
-        ("method", METHODS, config.method, ("encoder",)),
-        ("encoder", ENCODERS, config.encoder, ()),
+    for label, registry, component in (
+        ("method", METHODS, config.method),
+        ("encoder", ENCODERS, config.encoder),
     ):
+        if component.name is None:
+            continue
         try:
             registry.get(component.name)
-            registry.check_kwargs(component.name, component.params, provided=provided)
+            registry.check_kwargs(component.name, component.params, provided=PROVIDED[label])
         except (KeyError, TypeError) as error:
             raise ConfigError(f"{label}: {error}") from None
     if config.augment.policy is not None:
@@ -354,31 +391,62 @@ def validate(config: Config) -> None:
             VIEW_POLICIES.get(config.augment.policy)
         except KeyError as error:
             raise ConfigError(f"augment.policy: {error}") from None
-    policy = config.augment.policy or METHODS.get(config.method.name).default_view_policy
-    try:
-        VIEW_POLICIES.check_kwargs(policy, config.augment.params, provided=("size", "mean", "std"))
-    except TypeError as error:
-        raise ConfigError(f"augment.params: {error}") from None
+    policy = config.augment.policy
+    if policy is None and modality is not None and config.method.name is not None:
+        policy = default_view_policy(config.method.name, modality)
+    if policy is not None:
+        try:
+            VIEW_POLICIES.check_kwargs(policy, config.augment.params, provided=PROVIDED["policy"])
+        except TypeError as error:
+            raise ConfigError(f"augment.params: {error}") from None
     t = config.train
-    for key, value in (
-        ("train.steps", t.steps),
-        ("train.batch_size", t.batch_size),
-        ("train.accumulate", t.accumulate),
+    for key, value, least in (
+        ("train.steps", t.steps, 0),
+        ("train.batch_size", t.batch_size, 1),
+        ("train.accumulate", t.accumulate, 1),
+        ("data.prefetch", config.data.prefetch, 1),
+        ("train.log_every", t.log_every, 1),
+        ("train.keep_checkpoints", t.keep_checkpoints, 1),
     ):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
+        if value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value}")
+    if config.data.workers is not None and config.data.workers < 1:
+        raise ConfigError(
+            f"data.workers must be at least 1 (or null for automatic), got {config.data.workers}"
+        )
     if t.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
     if config.optim.lr_scaling not in ("linear", "sqrt", "none"):
         raise ConfigError(f"optim.lr_scaling must be linear, sqrt or none, got {config.optim.lr_scaling!r}")
+    from selfsup.data.sources import LOADING_MODES
+
+    if config.data.loading not in LOADING_MODES:
+        raise ConfigError(
+            f"data.loading must be one of {', '.join(LOADING_MODES)}, got {config.data.loading!r}"
+        )
+
+
+def default_view_policy(method: str, modality: str) -> str:
+    """The view policy ``method`` uses on ``modality`` unless ``augment.policy`` names another."""
+    from selfsup.methods import METHODS
+
+    policies: dict[str, str] = METHODS.get(method).default_view_policies
+    if modality not in policies:
+        raise ConfigError(
+            f"method {method!r} has no default view policy for {modality} data "
+            f"(it has: {', '.join(sorted(policies)) or 'none'}); set augment.policy"
+        )
+    return policies[modality]
 
 
 __all__ = [
+    "PROVIDED",
     "RUNTIME_KEYS",
     "Component",
     "Config",
     "ConfigError",
     "apply_overrides",
+    "default_view_policy",
     "differences",
     "dump_config",
     "from_dict",

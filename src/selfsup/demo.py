@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from selfsup.api import Pretrained, load, make_config
-from selfsup.augment.base import to_normalized_float
-from selfsup.encoders import ENCODERS
+from selfsup.build import build_encoder
+from selfsup.eval.features import raw_input_features
 from selfsup.eval.knn import knn_accuracy
-from selfsup.train.loop import crop_size, pretrain_run
+from selfsup.io import write_text_atomic
+from selfsup.train.loop import pretrain_run
 
 DEMO_RECIPE = "simclr_digits"
 
@@ -46,41 +46,42 @@ def run_demo(
     pretrained = load(run_dir, device=device)
     train, test = pretrained.load_data("digits:train"), pretrained.load_data("digits:test")
     # The same architecture with the same initial weights as the pretrained run, never trained.
-    torch.manual_seed(config.train.seed)
-    encoder = ENCODERS.create(config.encoder.name, **config.encoder.params).to(pretrained.device)
-    untrained = Pretrained(run_dir, config, encoder, pretrained.device)
-    augment, size = config.augment, crop_size(config, train.image_size[0])
+    torch.manual_seed(pretrained.config.train.seed)
+    encoder = build_encoder(pretrained.config, pretrained.info).to(pretrained.device)
+    untrained = Pretrained(
+        run_dir, pretrained.config, encoder, pretrained.info, pretrained.transform, pretrained.device
+    )
 
-    def pixels(images: torch.Tensor) -> torch.Tensor:
-        return to_normalized_float(images, augment.mean, augment.std, size).flatten(1)
-
-    def knn(features: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    def knn(train_features: torch.Tensor, test_features: torch.Tensor) -> dict[str, float]:
         return knn_accuracy(
-            features(train.images),
+            train_features,
             train.labels,
-            features(test.images),
+            test_features,
             test.labels,
             k=tuple(config.eval.knn_k),
             temperature=config.eval.knn_temperature,
         )
 
     results = {
-        "pretrained (SimCLR)": knn(pretrained.features),
-        "random init": knn(untrained.features),
-        "raw pixels": knn(pixels),
+        "pretrained (SimCLR)": knn(pretrained.features(train), pretrained.features(test)),
+        "random init": knn(untrained.features(train, cache=False), untrained.features(test, cache=False)),
+        "raw pixels": knn(
+            raw_input_features(train, pretrained.transform), raw_input_features(test, pretrained.transform)
+        ),
     }
     seconds = time.perf_counter() - start
     _print_table(results, run_dir, seconds)
-    (run_dir / "demo.json").write_text(json.dumps({"knn": results, "seconds": round(seconds, 1)}, indent=2))
-    with (run_dir / "report.md").open("a") as report:
-        report.write(
-            "\n## Demo: kNN accuracy on digits:test (%)\n\n| features | "
-            + " | ".join(results["raw pixels"])
-            + " |\n"
-        )
-        report.write("|---" * (len(results["raw pixels"]) + 1) + "|\n")
-        for name, row in results.items():
-            report.write(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |\n")
+    write_text_atomic(
+        run_dir / "demo.json", json.dumps({"knn": results, "seconds": round(seconds, 1)}, indent=2) + "\n"
+    )
+    columns = list(results["raw pixels"])
+    table = ["", "## Demo: kNN accuracy on digits:test (%)", "", "| features | " + " | ".join(columns) + " |"]
+    table.append("|---" * (len(columns) + 1) + "|")
+    table += [
+        f"| {name} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |" for name, row in results.items()
+    ]
+    report = run_dir / "report.md"
+    write_text_atomic(report, report.read_text() + "\n".join(table) + "\n")
     return results
 
 

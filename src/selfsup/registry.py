@@ -13,10 +13,12 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from selfsup.errors import SelfsupError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(SelfsupError, KeyError):
     """Raised for a name that is not registered; the message lists close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
@@ -36,15 +38,20 @@ class Registry(Generic[T]):
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._summaries: dict[str, str] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator: ``@REGISTRY.register("name")`` (defaults to the factory's ``__name__``)."""
+    def register(
+        self, name: str | None = None, **metadata: Any
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: ``@REGISTRY.register("name", modality="image")`` (name defaults to the factory's
+        ``__name__``); ``metadata`` is what callers may ask about a factory without calling it."""
 
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             key = name or factory.__name__
             if key in self._factories:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._factories[key] = factory
+            self._metadata[key] = dict(metadata)
             doc = inspect.getdoc(factory) or ""
             self._summaries[key] = doc.splitlines()[0] if doc else ""
             return factory
@@ -89,6 +96,15 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._factories if fnmatch.fnmatch(n, pattern))
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """What was registered with the factory (e.g. ``{"modality": "image"}``)."""
+        self.get(name)
+        return self._metadata[name]
+
+    def names_where(self, **metadata: Any) -> list[str]:
+        """Sorted names whose metadata has all the given values, e.g. ``names_where(modality="vector")``."""
+        return sorted(n for n, m in self._metadata.items() if all(m.get(k) == v for k, v in metadata.items()))
 
     def summary(self, name: str) -> str:
         self.get(name)

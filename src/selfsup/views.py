@@ -13,29 +13,54 @@ from torch import Tensor
 
 @dataclass
 class Views:
-    """The augmented views of one batch.
+    """The augmented views of one batch, for any modality.
 
-    crops:   list of ``(B, C, H, W)`` float tensors (normalized). The first ``num_global`` are
-             the global views (same size); any further ones are local crops (multi-crop, may be
-             smaller).
-    masks:   optional, aligned with ``crops``: ``(B, N)`` bool token masks (True = masked) for
-             masked-modelling methods.
-    padding_mask: optional ``(B, T)`` bool, True at padded positions, for variable-length inputs.
+    inputs: one tensor per view, ready for the encoder: ``(B, C, H, W)`` normalized images,
+        ``(B, D)`` standardized vectors, ``(B, T, ...)`` padded sequences. The first ``num_global``
+        are the global views (same shape); any further ones are local views (multi-crop, may be
+        smaller).
+    padding_masks: None, or one entry per view: ``(B, T)`` bool, True at padded positions (None for
+        a view of fixed-size samples). Padding never reaches a pooled output or a loss.
+    masks: None, or one entry per view: ``(B, N)`` bool token masks, True where a token is masked
+        (masked modelling: MAE, data2vec, wav2vec 2.0), in the encoder's token grid.
+    labels: ``(B,)`` int64 labels of the samples (-1 unknown), passed through from the batch for
+        methods that use them (HuBERT targets, pseudo-labelling); self-supervised losses ignore them.
+    indices: ``(B,)`` int64 positions of the samples in the training data set.
     """
 
-    crops: list[Tensor]
+    inputs: list[Tensor]
     num_global: int = 2
+    padding_masks: list[Tensor | None] | None = None
     masks: list[Tensor | None] | None = None
-    padding_mask: Tensor | None = None
+    labels: Tensor | None = None
+    indices: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("Views needs at least one view")
+        if not 1 <= self.num_global <= len(self.inputs):
+            raise ValueError(f"num_global={self.num_global} but there are {len(self.inputs)} views")
+        for name in ("padding_masks", "masks"):
+            aligned = getattr(self, name)
+            if aligned is not None and len(aligned) != len(self.inputs):
+                raise ValueError(f"{name} has {len(aligned)} entries for {len(self.inputs)} views")
 
     @property
     def batch_size(self) -> int:
-        return self.crops[0].shape[0]
+        return self.inputs[0].shape[0]
 
     @property
-    def global_crops(self) -> list[Tensor]:
-        return self.crops[: self.num_global]
+    def global_inputs(self) -> list[Tensor]:
+        return self.inputs[: self.num_global]
 
     @property
-    def local_crops(self) -> list[Tensor]:
-        return self.crops[self.num_global :]
+    def local_inputs(self) -> list[Tensor]:
+        return self.inputs[self.num_global :]
+
+    def padding_mask(self, view: int) -> Tensor | None:
+        """The ``(B, T)`` padding mask of view ``view`` (None: nothing padded)."""
+        return None if self.padding_masks is None else self.padding_masks[view]
+
+    def mask(self, view: int) -> Tensor | None:
+        """The ``(B, N)`` token mask of view ``view`` (None: nothing masked)."""
+        return None if self.masks is None else self.masks[view]

@@ -1,49 +1,40 @@
 """Contract tests run on every registered encoder, plus the image encoders' own structure.
 
 Parametrized over ``ENCODERS.names()`` so that an encoder is covered the moment it is
-registered. Image encoders get ``(B, 3, 32, 32)`` batches; an encoder of another modality adds
-its input to ``SMALL_INPUT`` (and a cheap configuration to ``SMALL_CONFIG``).
+registered. Inputs come from the tiny data set of the encoder's modality (tests/tiny_data.py)
+through that modality's input transform, as in training and evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
+from tiny_data import SMALL_ENCODER, TINY_DATA, modality_of
 from torch import Tensor, nn
 
-import selfsup.encoders  # noqa: F401  (registers every encoder)
-from selfsup.encoders.base import ENCODERS, Encoder
+from selfsup.build import build_encoder, fit_transform
+from selfsup.config import Config
+from selfsup.encoders.base import ENCODERS, MASK_MODES, Encoder
 from selfsup.encoders.image import BasicBlock, Bottleneck, ResNet, SmallCNN
-
-# Keyword arguments that keep each encoder small enough for a CPU test; default {}.
-SMALL_CONFIG: dict[str, dict[str, Any]] = {
-    "resnet18": {"width": 16},
-    "resnet18_narrow": {"width": 8},
-    "resnet50": {"width": 16},
-    "small_cnn": {"width": 8},
-}
-
-
-def _image_input(batch: int, generator: torch.Generator) -> Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=generator)
-
-
-# A batch maker per modality: (batch size, generator) -> input tensor.
-SMALL_INPUT: dict[str, Callable[[int, torch.Generator], Tensor]] = {"image": _image_input}
+from selfsup.modalities import MODALITIES
 
 
 def build(name: str) -> Encoder:
     torch.manual_seed(0)
-    return ENCODERS.create(name, **SMALL_CONFIG.get(name, {}))
+    data = TINY_DATA[modality_of(name)]()
+    config = Config()
+    config.encoder.name, config.encoder.params = name, dict(SMALL_ENCODER.get(name, {}))
+    return build_encoder(config, data.info)
 
 
 def make_input(encoder: Encoder, batch: int, seed: int = 0) -> Tensor:
-    if encoder.modality not in SMALL_INPUT:
-        pytest.fail(f"no test input for modality {encoder.modality!r}: add one to SMALL_INPUT")
-    return SMALL_INPUT[encoder.modality](batch, torch.Generator().manual_seed(seed))
+    if encoder.modality not in TINY_DATA:
+        pytest.fail(f"no tiny data set for modality {encoder.modality!r}: add one to tests/tiny_data.py")
+    data = TINY_DATA[encoder.modality](n=max(batch, 8), seed=seed)
+    x, _ = fit_transform(Config(), data)(data.batch(torch.arange(batch)))
+    return x
 
 
 NAMES = ENCODERS.names()
@@ -53,13 +44,24 @@ def test_image_encoders_are_registered() -> None:
     assert {"resnet18", "resnet18_narrow", "resnet50", "small_cnn"} <= set(NAMES)
 
 
+def test_every_modality_has_a_tiny_data_set_and_a_registered_default_encoder() -> None:
+    assert set(MODALITIES) <= set(TINY_DATA), "add a tiny data set for the new modality to tests/tiny_data.py"
+    for name, modality in MODALITIES.items():
+        assert modality_of(modality.default_encoder) == name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_attributes(name: str) -> None:
     encoder = build(name)
     assert isinstance(encoder, Encoder)
-    assert isinstance(encoder.modality, str) and encoder.modality
+    assert encoder.modality == modality_of(name) and encoder.modality in MODALITIES
     assert isinstance(encoder.embed_dim, int) and encoder.embed_dim > 0
     assert isinstance(encoder.num_layers, int) and encoder.num_layers > 0
+    assert encoder.mask_mode in MASK_MODES
+    assert encoder.token_grid is None or all(isinstance(n, int) and n > 0 for n in encoder.token_grid)
+    assert encoder.frame_rate is None or encoder.frame_rate > 0
+    lengths = torch.tensor([3, 7])
+    assert encoder.output_lengths(lengths).shape == (2,)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -129,12 +131,12 @@ def test_bf16_autocast(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_convolutional_encoders_reject_mask(name: str) -> None:
+def test_encoders_without_mask_mode_reject_masks(name: str) -> None:
     encoder = build(name).eval()
-    if not isinstance(encoder, (ResNet, SmallCNN)):
+    if encoder.mask_mode != "none":
         pytest.skip("token encoders can mask; their masking is tested with them")
     x = make_input(encoder, 2)
-    with pytest.raises(ValueError, match="cannot mask"):
+    with pytest.raises(ValueError, match="mask"):
         encoder(x, mask=torch.zeros(2, 4, dtype=torch.bool))
 
 

@@ -1,7 +1,8 @@
-"""Every registered method × every registered encoder honours the Method contract.
+"""Every registered method × every registered encoder of a modality it serves honours the Method contract.
 
-Parametrized over the registries, so a newly registered method or encoder is tested here the
-moment it exists. Sizes are kept tiny (CI has two CPU cores).
+Parametrized over the registries, so a newly registered method or encoder (or modality) is tested
+here the moment it exists. Everything is built through selfsup.build from the tiny data set of the
+encoder's modality; sizes are kept tiny (CI has two CPU cores).
 """
 
 from __future__ import annotations
@@ -10,48 +11,23 @@ import pytest
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
+from tiny_data import build_parts, combinations, make_views
 
 from selfsup.augment import VIEW_POLICIES
-from selfsup.encoders import ENCODERS
-from selfsup.methods import METHODS, Method, MethodOutput, Views
+from selfsup.methods import METHODS, MethodOutput, StepInfo, Views
+from selfsup.modalities import MODALITIES
 
-# Small versions of each registered component (fallback: defaults).
-SMALL_ENCODER = {
-    "resnet18": {"width": 8},
-    "resnet18_narrow": {"width": 8},
-    "resnet50": {"width": 4},
-    "small_cnn": {"width": 4},
-}
-SMALL_METHOD = {
-    "simclr": {"hidden_dim": 32, "projection_dim": 16},
-    "byol": {"hidden_dim": 32, "projection_dim": 16},
-}
-
-
-def build(method: str, encoder: str, seed: int = 0) -> Method:
-    torch.manual_seed(seed)
-    backbone = ENCODERS.create(encoder, **SMALL_ENCODER.get(encoder, {}))
-    return METHODS.get(method)(encoder=backbone, **SMALL_METHOD.get(method, {}))
-
-
-def make_views(method: Method, batch: int = 6, size: int = 16, seed: int = 0) -> Views:
-    images = torch.randint(
-        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
-    )
-    policy = VIEW_POLICIES.create(method.default_view_policy, size=size)
-    return policy(images, torch.Generator().manual_seed(seed))
-
-
-pairs = pytest.mark.parametrize(
-    ("method_name", "encoder_name"), [(m, e) for m in METHODS.names() for e in ENCODERS.names()]
-)
+pairs = pytest.mark.parametrize(("method_name", "encoder_name"), combinations())
+STEP = StepInfo(step=0, total_steps=10)
 
 
 @pairs
 def test_forward_backward_and_state(method_name: str, encoder_name: str) -> None:
-    method = build(method_name, encoder_name)
-    views = make_views(method)
-    out = method(views, step=0)
+    method, policy, _, data = build_parts(method_name, encoder_name)
+    views = make_views(policy, data)
+    assert views.labels is not None and torch.equal(views.labels, data.labels)
+    assert views.indices is not None and torch.equal(views.indices, torch.arange(len(data)))
+    out = method(views, STEP)
     assert isinstance(out, MethodOutput)
     assert out.loss.ndim == 0 and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert (
@@ -65,27 +41,42 @@ def test_forward_backward_and_state(method_name: str, encoder_name: str) -> None
     missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
     assert any(p.grad.abs().sum() > 0 for n, p in trainable if n.startswith("encoder."))
-    method.on_optimizer_step(1, 10)
+    method.before_optimizer_step(STEP)
+    method.on_optimizer_step(STEP)
     # The state dict must be storable with safetensors (no shared storage, tensors only).
     state = method.state_dict()
     restored = load_bytes(save_bytes({k: v.contiguous() for k, v in state.items()}))
     assert set(restored) == set(state)
 
 
-@pytest.mark.parametrize("method_name", METHODS.names())
-def test_default_view_policy_is_registered(method_name: str) -> None:
-    assert METHODS.get(method_name).default_view_policy in VIEW_POLICIES
+@pairs
+def test_parameter_groups_cover_every_trainable_parameter_once(method_name: str, encoder_name: str) -> None:
+    method, _, _, _ = build_parts(method_name, encoder_name)
+    groups = method.parameter_groups(weight_decay=0.1)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    assert len(grouped) == len(set(grouped)) and set(grouped) == trainable
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())
-def test_loss_is_deterministic_and_permutation_invariant(method_name: str) -> None:
-    a, b = build(method_name, "small_cnn"), build(method_name, "small_cnn")
-    views = make_views(a)
-    loss = a(views, 0).loss
-    assert torch.equal(loss, b(views, 0).loss)
+def test_default_view_policies_are_registered_for_known_modalities(method_name: str) -> None:
+    policies = METHODS.get(method_name).default_view_policies
+    assert policies, f"{method_name} names no view policy for any modality"
+    for modality, policy in policies.items():
+        assert modality in MODALITIES
+        assert VIEW_POLICIES.metadata(policy)["modality"] == modality
+
+
+@pairs
+def test_loss_is_deterministic_and_permutation_invariant(method_name: str, encoder_name: str) -> None:
+    a, policy, _, data = build_parts(method_name, encoder_name)
+    b, _, _, _ = build_parts(method_name, encoder_name)
+    views = make_views(policy, data)
+    loss = a(views, STEP).loss
+    assert torch.equal(loss, b(views, STEP).loss)
     order = torch.randperm(views.batch_size, generator=torch.Generator().manual_seed(1))
-    permuted = Views(crops=[c[order] for c in views.crops], num_global=views.num_global)
-    torch.testing.assert_close(b(permuted, 0).loss, loss, rtol=1e-5, atol=1e-6)
+    permuted = Views(inputs=[x[order] for x in views.inputs], num_global=views.num_global)
+    torch.testing.assert_close(b(permuted, STEP).loss, loss, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())

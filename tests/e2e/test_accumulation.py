@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from selfsup.api import make_config
+from selfsup.methods import StepInfo
 from selfsup.methods.byol import BYOL
 from selfsup.train.loop import pretrain_run
 from selfsup.train.schedules import cosine_momentum
@@ -19,9 +20,9 @@ def test_byol_target_updates_once_per_optimizer_step(
     calls: list[tuple[int, int]] = []
     original = BYOL.on_optimizer_step
 
-    def counting(self: BYOL, step: int, total_steps: int) -> None:
-        calls.append((step, total_steps))
-        original(self, step, total_steps)
+    def counting(self: BYOL, step: StepInfo) -> None:
+        calls.append((step.step, step.total_steps))
+        original(self, step)
 
     monkeypatch.setattr(BYOL, "on_optimizer_step", counting)
     overrides = [
@@ -42,10 +43,12 @@ def test_byol_target_updates_once_per_optimizer_step(
         "augment.params={blur_p: [0.0, 0.0]}",
     ]
     result = pretrain_run(make_config(overrides=overrides), tmp_path / "run")
-    assert calls == [(step, 5) for step in range(1, 6)]
+    # One call per optimizer step, with the index of the step just taken (0 for the first).
+    assert calls == [(step, 5) for step in range(5)]
     assert result.summary["steps"] == 5
     from selfsup.train.monitor import read_metrics
 
     momenta = [r["target_momentum"] for r in read_metrics(tmp_path / "run")]
-    # Logged at step s is the decay of the latest update, made after optimizer step s - 1.
-    assert momenta[1:] == pytest.approx([cosine_momentum(s, 5, 0.996, 1.0) for s in range(1, 5)])
+    # Logged at step s (counted from 1) is the decay of the update made after the previous step,
+    # taken at that step's index as in the authors' code: tau(0) is used by the first update.
+    assert momenta[1:] == pytest.approx([cosine_momentum(s, 5, 0.996, 1.0) for s in range(4)])

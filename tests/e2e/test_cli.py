@@ -68,7 +68,7 @@ def test_pretrain_writes_a_complete_run_directory(digits_run: Path) -> None:
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in train)
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train)
     assert [r["step"] for r in records if r["kind"] == "knn"] == [2, 4]
     assert list((digits_run / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (digits_run / "checkpoints").glob("*.json")) == [
@@ -205,7 +205,7 @@ def test_cifar10_shards_end_to_end(cifar10_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "300 images 32x32" in done.stderr and "skipped 1 unreadable" in done.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["images"] == 300 and summary["skipped_inputs"] == 1
+    assert summary["samples"] == 300 and summary["skipped_inputs"] == 1
     assert "broken_0001" in summary["skipped_examples"][0]
 
     knn = selfsup("eval", "knn", "--run", str(run), "--train", str(train), "--test", str(test))

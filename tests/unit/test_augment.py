@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_POLICIES, to_normalized_float
+from selfsup.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_POLICIES, ImageTransform, to_normalized_float
 from selfsup.augment import functional as AF
 from selfsup.augment.policies import MultiViewPolicy
+from selfsup.data.base import Batch, DataInfo
 
 
 def _float_images(batch: int, height: int, width: int, seed: int = 0) -> Tensor:
@@ -36,7 +37,31 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _plain(name: str, size: int, **overrides: object) -> MultiViewPolicy:
+class _OnImages:
+    """A registered image policy called on bare ``(B, 3, H, W)`` tensors (wrapped in a Batch)."""
+
+    def __init__(self, policy: MultiViewPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, images: Tensor, generator: torch.Generator):  # noqa: ANN204
+        n = images.shape[0] if images.ndim else 0
+        batch = Batch(inputs=images, labels=torch.full((n,), -1), indices=torch.arange(n))
+        return self.policy(batch, generator)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.policy, name)
+
+
+def make_policy(
+    name: str, size: int, mean: object = IMAGENET_MEAN, std: object = IMAGENET_STD, **options: object
+) -> _OnImages:
+    """``VIEW_POLICIES.create`` with the info and transform the builder would supply."""
+    transform = ImageTransform(size=size, mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
+    info = DataInfo(modality="image", sample_shape=(3, size, size), dtype="uint8")
+    return _OnImages(VIEW_POLICIES.create(name, info=info, transform=transform, **options))
+
+
+def _plain(name: str, size: int, **overrides: object) -> _OnImages:
     """A policy with every random step off (full-image crop, no flip), then ``overrides``."""
     options: dict[str, object] = {
         "crop_scale": [1.0, 1.0],
@@ -48,7 +73,7 @@ def _plain(name: str, size: int, **overrides: object) -> MultiViewPolicy:
     if name == "byol":
         options["solarize_p"] = [0.0, 0.0]
     options.update(overrides)
-    return VIEW_POLICIES.create(name, size=size, **options)  # type: ignore[return-value]
+    return make_policy(name, size=size, **options)
 
 
 # ----------------------------------------------------------------------------- resized crop + flip
@@ -246,18 +271,46 @@ def _hue_np(img: np.ndarray, shift: float) -> np.ndarray:
     return out
 
 
+def _brightness_add_np(img: np.ndarray, delta: float) -> np.ndarray:
+    return np.clip(img + delta, 0, 1)
+
+
+def _contrast_channels_np(img: np.ndarray, f: float) -> np.ndarray:
+    out = np.empty_like(img)
+    for c in range(3):
+        mean = img[c].mean()
+        out[c] = np.clip(f * (img[c] - mean) + mean, 0, 1)
+    return out
+
+
+def _saturation_hsv_np(img: np.ndarray, f: float) -> np.ndarray:
+    out = np.empty_like(img)
+    for y in range(img.shape[1]):
+        for x in range(img.shape[2]):
+            h, s, v = colorsys.rgb_to_hsv(*img[:, y, x].tolist())
+            out[:, y, x] = colorsys.hsv_to_rgb(h, min(1.0, max(0.0, s * f)), v)
+    return np.clip(out, 0, 1)
+
+
 _COLOR_OPS = {
     "brightness": (AF.adjust_brightness, _brightness_np, [0.0, 0.6, 1.0, 1.7]),
     "contrast": (AF.adjust_contrast, _contrast_np, [0.0, 0.6, 1.0, 1.7]),
     "saturation": (AF.adjust_saturation, _saturation_np, [0.0, 0.6, 1.0, 1.7]),
     "hue": (AF.adjust_hue, _hue_np, [-0.5, -0.2, 0.0, 0.35]),
+    "brightness_additive": (AF.adjust_brightness_additive, _brightness_add_np, [-0.6, -0.2, 0.0, 0.35, 0.9]),
+    "contrast_per_channel": (
+        AF.adjust_contrast_per_channel,
+        _contrast_channels_np,
+        [-0.5, 0.0, 0.6, 1.0, 1.7],
+    ),
+    "saturation_hsv": (AF.adjust_saturation_hsv, _saturation_hsv_np, [-0.3, 0.0, 0.6, 1.0, 1.7, 3.0]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(_COLOR_OPS))
 def test_color_op_matches_per_image_reference(name: str) -> None:
     op, reference, values = _COLOR_OPS[name]
-    x = _float_images(4, 5, 7, seed=2).double()
+    x = _float_images(len(values), 5, 7, seed=2).double()
     out = op(x, torch.tensor(values, dtype=torch.float64))
     for b, value in enumerate(values):
         expected = torch.from_numpy(reference(x[b].numpy(), value))
@@ -305,6 +358,100 @@ def test_hue_shift_hand_values_and_zero_shift_identity() -> None:
     torch.testing.assert_close(AF.adjust_hue(x, torch.zeros(3)), x, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["brightness_additive", "contrast_per_channel", "saturation_hsv"])
+def test_new_color_ops_on_gray_black_white_and_tied_pixels(name: str) -> None:
+    op, reference, values = _COLOR_OPS[name]
+    pixels = _special_pixels()  # grays, black, white, primaries, ties, then random colours
+    x = pixels.T.reshape(1, 3, 1, -1).expand(len(values), -1, -1, -1)
+    out = op(x, torch.tensor(values, dtype=torch.float64))
+    for b, value in enumerate(values):
+        expected = torch.from_numpy(reference(x[b].numpy(), value))
+        torch.testing.assert_close(out[b], expected, atol=1e-9, rtol=0)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    if name == "saturation_hsv":
+        # Gray pixels (black, white and mid-gray) have no saturation to scale.
+        torch.testing.assert_close(out[..., :3], x[..., :3], atol=0, rtol=0)
+
+
+def test_byol_style_ops_hand_values() -> None:
+    def pixel(*rgb: float) -> Tensor:
+        return torch.tensor(rgb, dtype=torch.float64).view(1, 3, 1, 1)
+
+    def flat(t: Tensor) -> list[float]:
+        return [round(v, 9) for v in t.flatten().tolist()]
+
+    # Additive brightness shifts every channel by the same amount, then clips.
+    two = torch.tensor([[0.2, 0.9]], dtype=torch.float64).expand(3, 2).reshape(1, 3, 1, 2)
+    assert (
+        flat(AF.adjust_brightness_additive(two, torch.tensor([0.2], dtype=torch.float64))) == [0.4, 1.0] * 3
+    )
+    assert (
+        flat(AF.adjust_brightness_additive(two, torch.tensor([-0.3], dtype=torch.float64))) == [0.0, 0.6] * 3
+    )
+    # Per-channel contrast: R = (0, 1) has mean 0.5, G is flat, B = (0.2, 0.4) has mean 0.3.
+    image = torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.2, 0.4]], dtype=torch.float64).view(1, 3, 1, 2)
+    out = AF.adjust_contrast_per_channel(image, torch.tensor([2.0], dtype=torch.float64))
+    assert flat(out) == [0.0, 1.0, 0.5, 0.5, 0.1, 0.5]
+    # Factor 0 flattens each channel to its own mean: the average colour, not torchvision's gray.
+    out = AF.adjust_contrast_per_channel(image, torch.tensor([0.0], dtype=torch.float64))
+    assert flat(out) == [0.5, 0.5, 0.5, 0.5, 0.3, 0.3]
+    # HSV saturation keeps hue and value: orange (s = 1) at half saturation, then clipped at s = 1.
+    orange = pixel(1.0, 0.5, 0.0)
+    half = AF.adjust_saturation_hsv(orange, torch.tensor([0.5], dtype=torch.float64))
+    assert flat(half) == [1.0, 0.75, 0.5]
+    assert flat(AF.adjust_saturation_hsv(half, torch.tensor([3.0], dtype=torch.float64))) == [1.0, 0.5, 0.0]
+    # Desaturated red is the gray of its value (white), where torchvision's blend gives its luma.
+    red, zero = pixel(1.0, 0.0, 0.0), torch.zeros(1, dtype=torch.float64)
+    assert flat(AF.adjust_saturation_hsv(red, zero)) == [1.0, 1.0, 1.0]
+    assert flat(AF.adjust_saturation(red, zero)) == [0.299, 0.299, 0.299]
+    # Black stays black whatever the factor.
+    black = pixel(0.0, 0.0, 0.0)
+    assert flat(AF.adjust_saturation_hsv(black, torch.tensor([2.0], dtype=torch.float64))) == [0.0] * 3
+
+
+_REFERENCE_OPS = {
+    "torchvision": (_brightness_np, _contrast_np, _saturation_np, _hue_np),
+    "simclr": (_brightness_np, _contrast_channels_np, _saturation_hsv_np, _hue_np),
+    "byol": (_brightness_add_np, _contrast_channels_np, _saturation_hsv_np, _hue_np),
+}
+
+
+def _jitter_np(img: np.ndarray, style: str, values: list[float | None], order: list[int]) -> np.ndarray:
+    """One image: the style's ops in ``order``, clipping after each (skipping ops whose value is None)."""
+    for index in order:
+        if values[index] is not None:
+            img = np.clip(_REFERENCE_OPS[style][index](img, values[index]), 0, 1)
+    return img
+
+
+def _ops_of(params: AF.JitterParams) -> tuple[Tensor | None, ...]:
+    return (params.brightness, params.contrast, params.saturation, params.hue)
+
+
+def _sample_values(params: AF.JitterParams, b: int) -> list[float | None]:
+    return [None if v is None else float(v[b]) for v in _ops_of(params)]
+
+
+def test_byol_style_color_jitter_matches_per_image_reference() -> None:
+    x = _float_images(5, 6, 7, seed=8).double()
+    f64 = torch.float64
+    params = AF.JitterParams(
+        brightness=torch.tensor([0.3, -0.25, 0.1, 0.2, -0.4], dtype=f64),  # additive deltas
+        contrast=torch.tensor([1.3, 0.7, -0.2, 1.4, 0.6], dtype=f64),  # -0.2: BYOL's range for c > 1
+        saturation=torch.tensor([0.8, 1.2, 0.0, 1.1, 1.9], dtype=f64),
+        hue=torch.tensor([0.05, -0.1, 0.2, -0.08, 0.1], dtype=f64),
+        apply=torch.tensor([True, True, True, True, False]),
+        order=torch.tensor([[3, 2, 1, 0], [0, 1, 2, 3], [2, 0, 3, 1], [1, 3, 0, 2], [0, 1, 2, 3]]),
+        style="byol",
+    )
+    out = AF.color_jitter(x, params)
+    assert out.dtype == torch.float64
+    for b in range(4):
+        expected = _jitter_np(x[b].numpy(), "byol", _sample_values(params, b), params.order[b].tolist())
+        torch.testing.assert_close(out[b], torch.from_numpy(expected), atol=1e-9, rtol=0)
+    assert torch.equal(out[4], x[4])
+
+
 def test_color_jitter_applies_ops_in_the_given_order_to_selected_samples() -> None:
     x = _float_images(3, 4, 5, seed=5).double()
     params = AF.JitterParams(
@@ -313,34 +460,227 @@ def test_color_jitter_applies_ops_in_the_given_order_to_selected_samples() -> No
         saturation=None,  # a skipped op
         hue=torch.tensor([0.1, -0.3, 0.2], dtype=torch.float64),
         apply=torch.tensor([True, True, False]),
-        order=(AF.HUE, AF.SATURATION, AF.CONTRAST, AF.BRIGHTNESS),
+        order=torch.tensor(
+            [
+                [AF.HUE, AF.SATURATION, AF.CONTRAST, AF.BRIGHTNESS],
+                [AF.BRIGHTNESS, AF.HUE, AF.SATURATION, AF.CONTRAST],
+                [AF.CONTRAST, AF.BRIGHTNESS, AF.HUE, AF.SATURATION],
+            ]
+        ),
     )
     out = AF.color_jitter(x, params)
+    steps = {
+        AF.BRIGHTNESS: (_brightness_np, params.brightness),
+        AF.CONTRAST: (_contrast_np, params.contrast),
+        AF.HUE: (_hue_np, params.hue),
+    }
     for b in range(2):
         img = x[b].numpy()
-        img = _hue_np(img, float(params.hue[b]))  # type: ignore[index]
-        img = _contrast_np(img, float(params.contrast[b]))  # type: ignore[index]
-        img = _brightness_np(img, float(params.brightness[b]))  # type: ignore[index]
+        for index in params.order[b].tolist():  # each sample in its own order
+            if index in steps:  # saturation is skipped
+                reference, value = steps[index]
+                img = reference(img, float(value[b]))  # type: ignore[index]
         torch.testing.assert_close(out[b], torch.from_numpy(img), atol=1e-9, rtol=0)
     assert torch.equal(out[2], x[2])
     # The ops do not commute, so the order is really followed.
-    reordered = AF.color_jitter(x, dataclasses.replace(params, order=(0, 1, 2, 3)))
+    fixed = torch.tensor([[0, 1, 2, 3]] * 3)
+    reordered = AF.color_jitter(x, dataclasses.replace(params, order=fixed))
     assert not torch.allclose(reordered[:2], out[:2])
 
 
-def test_sample_color_jitter_ranges_and_skipped_ops() -> None:
-    params = AF.sample_color_jitter(4000, 0.4, 0.0, 1.5, 0.1, p=0.8, generator=_gen(6))
-    assert params.contrast is None
+@pytest.mark.parametrize("style", AF.JITTER_STYLES)
+def test_color_jitter_order_is_per_sample_not_per_batch(style: str) -> None:
+    # Two copies of one image with the same parameters and different orders: with an order shared
+    # by the batch they would come out equal.
+    image = _float_images(1, 6, 6, seed=9).double()
+    x = image.expand(2, -1, -1, -1)
+    f64 = torch.float64
+    brightness = 0.25 if style == "byol" else 1.35
+    params = AF.JitterParams(
+        brightness=torch.full((2,), brightness, dtype=f64),
+        contrast=torch.full((2,), 0.6, dtype=f64),
+        saturation=torch.full((2,), 1.6, dtype=f64),
+        hue=torch.full((2,), 0.15, dtype=f64),
+        apply=torch.tensor([True, True]),
+        order=torch.tensor([[AF.BRIGHTNESS, AF.CONTRAST, AF.SATURATION, AF.HUE], [3, 1, 2, 0]]),
+        style=style,
+    )
+    out = AF.color_jitter(x, params)
+    ops = {
+        "torchvision": (AF.adjust_brightness, AF.adjust_contrast, AF.adjust_saturation, AF.adjust_hue),
+        "simclr": (
+            AF.adjust_brightness,
+            AF.adjust_contrast_per_channel,
+            AF.adjust_saturation_hsv,
+            AF.adjust_hue,
+        ),
+        "byol": (
+            AF.adjust_brightness_additive,
+            AF.adjust_contrast_per_channel,
+            AF.adjust_saturation_hsv,
+            AF.adjust_hue,
+        ),
+    }[style]
+    values = (params.brightness, params.contrast, params.saturation, params.hue)
+    for b in range(2):
+        expected = image
+        for index in params.order[b].tolist():  # one op at a time, in this sample's own order
+            expected = ops[index](expected, values[index][b : b + 1])  # type: ignore[index]
+        torch.testing.assert_close(out[b : b + 1], expected, atol=1e-12, rtol=0)
+        reference = _jitter_np(image[0].numpy(), style, _sample_values(params, b), params.order[b].tolist())
+        torch.testing.assert_close(out[b], torch.from_numpy(reference), atol=1e-9, rtol=0)
+    assert (out[0] - out[1]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("style", AF.JITTER_STYLES)
+def test_color_jitter_sample_does_not_depend_on_the_rest_of_the_batch(style: str) -> None:
+    x = _float_images(40, 5, 6, seed=10)
+    params = AF.sample_color_jitter(40, 0.4, 0.4, 0.4, 0.1, p=0.7, generator=_gen(11), style=style)
+    out = AF.color_jitter(x, params)
+    for b in range(40):
+        alone = AF.JitterParams(
+            *(None if v is None else v[b : b + 1] for v in _ops_of(params)),
+            apply=params.apply[b : b + 1],
+            order=params.order[b : b + 1],
+            style=style,
+        )
+        torch.testing.assert_close(out[b : b + 1], AF.color_jitter(x[b : b + 1], alone), atol=1e-6, rtol=0)
+        if not params.apply[b]:
+            assert torch.equal(out[b], x[b])
+    assert out.dtype == torch.float32
+
+
+def test_color_jitter_runs_each_op_once_per_selected_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: dict[str, list[int]] = {}
+
+    def recording(name: str, op):  # type: ignore[no-untyped-def]
+        def wrapped(images: Tensor, value: Tensor) -> Tensor:
+            calls.setdefault(name, []).append(images.shape[0])
+            return op(images, value)
+
+        return wrapped
+
+    names = [
+        "adjust_brightness_additive",
+        "adjust_contrast_per_channel",
+        "adjust_saturation_hsv",
+        "adjust_hue",
+    ]
+    for name in names:
+        monkeypatch.setattr(AF, name, recording(name, getattr(AF, name)))
+    params = AF.sample_color_jitter(64, 0.4, 0.4, 0.2, 0.1, p=0.75, generator=_gen(12), style="byol")
+    AF.color_jitter(_float_images(64, 4, 4), params)
+    selected = int(params.apply.sum())
+    assert 0 < selected < 64
+    for name in names:
+        # At most one call per position, and together they cover each selected sample once.
+        assert len(calls[name]) <= 4 and sum(calls[name]) == selected, (name, calls[name])
+
+
+def test_color_jitter_skips_ops_with_no_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> Tensor:
+        raise AssertionError("a skipped op was called")
+
+    monkeypatch.setattr(AF, "adjust_saturation_hsv", fail)
+    params = AF.sample_color_jitter(8, 0.4, 0.4, 0.0, 0.1, p=1.0, generator=_gen(13), style="simclr")
+    assert params.saturation is None
+    AF.color_jitter(_float_images(8, 4, 4), params)
+    # With no sample selected, no op runs at all and the images come back unchanged.
+    for name in ("adjust_brightness", "adjust_contrast_per_channel", "adjust_hue"):
+        monkeypatch.setattr(AF, name, fail)
+    x = _float_images(8, 4, 4)
+    out = AF.color_jitter(x, dataclasses.replace(params, apply=torch.zeros(8, dtype=torch.bool)))
+    assert torch.equal(out, x)
+
+
+def test_color_jitter_rejects_bad_orders_and_styles() -> None:
+    params = AF.sample_color_jitter(3, 0.4, 0.4, 0.4, 0.1, p=1.0, generator=_gen(14))
+    x = _float_images(3, 4, 4)
+    with pytest.raises(ValueError, match=r"order must be a \(3, 4\) tensor"):
+        AF.color_jitter(x, dataclasses.replace(params, order=torch.tensor([0, 1, 2, 3])))
+    with pytest.raises(ValueError, match=r"order must be a \(3, 4\) tensor"):
+        AF.color_jitter(x, dataclasses.replace(params, order=(0, 1, 2, 3)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="permutation"):
+        AF.color_jitter(
+            x, dataclasses.replace(params, order=torch.tensor([[0, 1, 2, 3]] * 2 + [[0, 0, 1, 2]]))
+        )
+    with pytest.raises(ValueError, match="unknown colour-jitter style 'tf'"):
+        AF.color_jitter(x, dataclasses.replace(params, style="tf"))
+
+
+_JITTER_RANGES = {
+    # brightness 0.4, saturation 1.5, hue 0.1: (low, high) of each draw
+    "torchvision": ((0.6, 1.4), (0.0, 2.5), (-0.1, 0.1)),
+    "simclr": ((0.6, 1.4), (0.0, 2.5), (-0.1, 0.1)),
+    "byol": ((-0.4, 0.4), (-0.5, 2.5), (-0.1, 0.1)),
+}
+
+
+@pytest.mark.parametrize("style", AF.JITTER_STYLES)
+def test_sample_color_jitter_ranges_and_skipped_ops(style: str) -> None:
+    params = AF.sample_color_jitter(4000, 0.4, 0.0, 1.5, 0.1, p=0.8, generator=_gen(6), style=style)
+    assert params.style == style and params.contrast is None
     assert params.brightness is not None and params.saturation is not None and params.hue is not None
-    for values, low, high in (
-        (params.brightness, 0.6, 1.4),
-        (params.saturation, 0.0, 2.5),
-        (params.hue, -0.1, 0.1),
-    ):
-        assert low <= float(values.min()) and float(values.max()) <= high
+    for values, (low, high) in zip((params.brightness, params.saturation, params.hue), _JITTER_RANGES[style]):
+        assert low <= float(values.min()) < low + 0.01 * (high - low)
+        assert high - 0.01 * (high - low) < float(values.max()) <= high
     assert float(params.brightness.std()) > 0.2  # spread over the range, one value per sample
     assert abs(float(params.apply.float().mean()) - 0.8) < 0.03
-    assert sorted(params.order) == [0, 1, 2, 3]
+
+
+def test_sample_color_jitter_contrast_range_per_style() -> None:
+    # A strength above 1: torchvision and (extending TensorFlow, which refuses it) SimCLR floor the
+    # factor at 0, BYOL does not.
+    for style, low in (("torchvision", 0.0), ("simclr", 0.0), ("byol", -0.5)):
+        params = AF.sample_color_jitter(2000, 0.0, 1.5, 0.0, 0.0, p=1.0, generator=_gen(15), style=style)
+        assert params.brightness is None and params.saturation is None and params.hue is None
+        assert params.contrast is not None
+        assert low <= float(params.contrast.min()) < low + 0.02 and float(params.contrast.max()) <= 2.5
+
+
+def test_sample_color_jitter_draws_a_uniform_permutation_per_sample() -> None:
+    params = AF.sample_color_jitter(4800, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(16), style="byol")
+    order = params.order
+    assert order.dtype == torch.int64 and order.shape == (4800, 4)
+    assert torch.equal(order.sort(dim=1).values, torch.arange(4).expand(4800, 4))
+    counts: dict[tuple[int, ...], int] = {}
+    for row in order.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    assert len(counts) == 24  # all 4! orders occur, each about 200 times
+    assert min(counts.values()) > 140 and max(counts.values()) < 260
+    first = torch.bincount(order[:, 0], minlength=4).float() / 4800
+    assert float((first - 0.25).abs().max()) < 0.03
+    # Same generator state, same draws; a different seed, different orders.
+    again = AF.sample_color_jitter(4800, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(16), style="byol")
+    assert torch.equal(again.order, order)
+    other = AF.sample_color_jitter(4800, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(17), style="byol")
+    assert not torch.equal(other.order, order)
+
+
+def test_sample_color_jitter_rejects_bad_style_and_strengths() -> None:
+    with pytest.raises(ValueError, match="unknown colour-jitter style 'tensorflow'"):
+        AF.sample_color_jitter(4, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(0), style="tensorflow")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AF.sample_color_jitter(4, 0.4, -0.1, 0.4, 0.1, p=0.8, generator=_gen(0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("style", AF.JITTER_STYLES)
+def test_color_jitter_on_cuda_matches_cpu(style: str) -> None:
+    params = AF.sample_color_jitter(
+        64, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=torch.Generator(device="cuda").manual_seed(0), style=style
+    )
+    assert params.order.is_cuda and params.apply.is_cuda
+    x = _float_images(64, 8, 8, seed=18)
+    out = AF.color_jitter(x.cuda(), params)
+    cpu = AF.JitterParams(
+        *(None if v is None else v.cpu() for v in _ops_of(params)),
+        apply=params.apply.cpu(),
+        order=params.order.cpu(),
+        style=style,
+    )
+    assert out.is_cuda
+    torch.testing.assert_close(out.cpu(), AF.color_jitter(x, cpu), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- blur, solarize, normalize
@@ -397,10 +737,10 @@ def test_normalize_hand_values() -> None:
 
 @pytest.mark.parametrize("name", ["simclr", "byol"])
 def test_policy_output_contract(name: str) -> None:
-    policy = VIEW_POLICIES.create(name, size=16)
+    policy = make_policy(name, size=16)
     views = policy(_uint8_images(6, 20, 28), _gen(0))
-    assert views.num_global == 2 and len(views.crops) == 2
-    for crop in views.crops:
+    assert views.num_global == 2 and len(views.inputs) == 2
+    for crop in views.inputs:
         assert crop.shape == (6, 3, 16, 16) and crop.dtype == torch.float32
         assert bool(torch.isfinite(crop).all())
         # Normalized values of [0, 1] images stay within (0 - mean) / std and (1 - mean) / std.
@@ -411,24 +751,24 @@ def test_policy_output_contract(name: str) -> None:
             (per_channel.min(1).values >= low - 1e-5).all()
             and (per_channel.max(1).values <= high + 1e-5).all()
         )
-    assert not torch.allclose(views.crops[0], views.crops[1])
+    assert not torch.allclose(views.inputs[0], views.inputs[1])
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol"])
 def test_policy_is_deterministic_given_the_seed(name: str) -> None:
-    policy = VIEW_POLICIES.create(name, size=16)
+    policy = make_policy(name, size=16)
     images = _uint8_images(8, 24, 24)
     first, again, other = (policy(images, _gen(seed)) for seed in (11, 11, 12))
-    for a, b in zip(first.crops, again.crops):
+    for a, b in zip(first.inputs, again.inputs):
         assert torch.equal(a, b)
-    assert not any(torch.allclose(a, c) for a, c in zip(first.crops, other.crops))
+    assert not any(torch.allclose(a, c) for a, c in zip(first.inputs, other.inputs))
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol"])
 def test_identical_images_get_independent_augmentations(name: str) -> None:
     images = _uint8_images(1, 24, 24).expand(8, -1, -1, -1)
-    views = VIEW_POLICIES.create(name, size=16)(images, _gen(0))
-    for crop in views.crops:
+    views = make_policy(name, size=16)(images, _gen(0))
+    for crop in views.inputs:
         flat = crop.flatten(1)
         distinct = {tuple(row) for row in flat.round(decimals=4).tolist()}
         assert len(distinct) == 8
@@ -438,16 +778,16 @@ def test_policy_with_every_step_off_equals_the_evaluation_transform() -> None:
     images = _uint8_images(4, 16, 16)
     views = _plain("simclr", 16)(images, _gen(0))
     expected = to_normalized_float(images)
-    for crop in views.crops:
+    for crop in views.inputs:
         torch.testing.assert_close(crop, expected, atol=1e-5, rtol=0)
 
 
 def test_float_input_gives_the_same_views_as_uint8() -> None:
     images = _uint8_images(4, 18, 18)
-    policy = VIEW_POLICIES.create("byol", size=12)
+    policy = make_policy("byol", size=12)
     from_uint8 = policy(images, _gen(5))
     from_float = policy(images.double() / 255, _gen(5))
-    for a, b in zip(from_uint8.crops, from_float.crops):
+    for a, b in zip(from_uint8.inputs, from_float.inputs):
         assert b.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -456,7 +796,7 @@ def test_flip_probability_one_mirrors_every_image() -> None:
     images = _uint8_images(3, 10, 10)
     views = _plain("simclr", 10, flip_p=1.0)(images, _gen(0))
     torch.testing.assert_close(
-        views.crops[1], torch.flip(to_normalized_float(images), dims=[3]), atol=1e-5, rtol=0
+        views.inputs[1], torch.flip(to_normalized_float(images), dims=[3]), atol=1e-5, rtol=0
     )
 
 
@@ -465,11 +805,11 @@ def test_byol_views_are_asymmetric() -> None:
     views = _plain("byol", 12, solarize_p=[0.0, 1.0])(images, _gen(0))
     x = images.float() / 255
     torch.testing.assert_close(
-        views.crops[0], AF.normalize(x, IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0
+        views.inputs[0], AF.normalize(x, IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0
     )
     solarized = torch.where(x >= 0.5, 1 - x, x)
     torch.testing.assert_close(
-        views.crops[1], AF.normalize(solarized, IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0
+        views.inputs[1], AF.normalize(solarized, IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0
     )
 
 
@@ -479,7 +819,7 @@ def test_byol_solarize_and_grayscale_rates_follow_the_options() -> None:
     x = AF.normalize(images.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    for crop, solarize_rate in zip(views.crops, (0.0, 0.3)):
+    for crop, solarize_rate in zip(views.inputs, (0.0, 0.3)):
         unit = crop * std + mean
         gray = (unit.amax(1) - unit.amin(1)).flatten(1).max(1).values < 1e-5
         assert abs(float(gray.float().mean()) - 0.2) < 0.04
@@ -494,32 +834,32 @@ def test_blur_probability_zero_skips_the_blur(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(AF, "gaussian_blur", fail)
     images = _uint8_images(2, 16, 16)
-    VIEW_POLICIES.create("simclr", size=16, blur_p=0.0)(images, _gen(0))
-    VIEW_POLICIES.create("byol", size=16, blur_p=[0.0, 0.0])(images, _gen(0))
+    make_policy("simclr", size=16, blur_p=0.0)(images, _gen(0))
+    make_policy("byol", size=16, blur_p=[0.0, 0.0])(images, _gen(0))
     with pytest.raises(AssertionError, match="gaussian_blur was called"):
-        VIEW_POLICIES.create("simclr", size=16, blur_p=0.5)(images, _gen(0))
+        make_policy("simclr", size=16, blur_p=0.5)(images, _gen(0))
 
 
 def test_defaults_follow_the_papers() -> None:
-    simclr = VIEW_POLICIES.create("simclr", size=224)
-    assert isinstance(simclr, MultiViewPolicy) and simclr.blur_kernel_size == 23
+    simclr = make_policy("simclr", size=224)
+    assert isinstance(simclr.policy, MultiViewPolicy) and simclr.blur_kernel_size == 23
     view = simclr.views[0]
     assert view.jitter == (0.8, 0.8, 0.8, 0.2) and view.jitter_p == 0.8 and view.grayscale_p == 0.2
     assert view.blur_p == 0.5 and view.blur_sigma == (0.1, 2.0) and view.crop_scale == (0.08, 1.0)
-    byol = VIEW_POLICIES.create("byol", size=224)
-    assert isinstance(byol, MultiViewPolicy)
+    byol = make_policy("byol", size=224)
+    assert isinstance(byol.policy, MultiViewPolicy)
     assert [v.blur_p for v in byol.views] == [1.0, 0.1] and [v.solarize_p for v in byol.views] == [0.0, 0.2]
     assert byol.views[0].jitter == (0.4, 0.4, 0.2, 0.1)
-    cifar = VIEW_POLICIES.create("simclr", size=32, jitter_strength=0.5)
-    assert isinstance(cifar, MultiViewPolicy) and cifar.views[0].jitter == (0.4, 0.4, 0.4, 0.1)
+    cifar = make_policy("simclr", size=32, jitter_strength=0.5)
+    assert isinstance(cifar.policy, MultiViewPolicy) and cifar.views[0].jitter == (0.4, 0.4, 0.4, 0.1)
 
 
 def test_options_accept_yaml_lists() -> None:
-    policy = VIEW_POLICIES.create(
+    policy = make_policy(
         "simclr", size=32, crop_scale=[0.2, 1.0], mean=[0.5, 0.5, 0.5], std=[0.5] * 3
     )
-    assert isinstance(policy, MultiViewPolicy)
-    assert policy.views[0].crop_scale == (0.2, 1.0) and policy.mean == (0.5, 0.5, 0.5)
+    assert isinstance(policy.policy, MultiViewPolicy)
+    assert policy.views[0].crop_scale == (0.2, 1.0) and policy.transform.mean == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -533,7 +873,7 @@ def test_options_accept_yaml_lists() -> None:
         ("simclr", {"jitter_strength": 3.0}, "hue jitter"),
         ("simclr", {"jitter_strength": "strong"}, "jitter_strength must be a number"),
         ("simclr", {"std": [0.0, 1.0, 1.0]}, "std values must be > 0"),
-        ("simclr", {"mean": [0.5, 0.5]}, "mean must be a list of 3 numbers"),
+        ("simclr", {"mean": [0.5, 0.5]}, "one value per RGB channel"),
         ("simclr", {"blur_kernel_fraction": 0.0}, "blur_kernel_fraction"),
         ("simclr", {"blur_sigma": [2.0, 0.1]}, "blur_sigma must be"),
         ("byol", {"blur_p": [1.0]}, "blur_p must be a list of 2 numbers"),
@@ -544,21 +884,21 @@ def test_options_accept_yaml_lists() -> None:
 )
 def test_bad_options_get_clear_errors(name: str, options: dict[str, object], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
-        VIEW_POLICIES.create(name, size=32, **options)
+        make_policy(name, size=32, **options)
 
 
 def test_bad_size_and_unknown_option() -> None:
     with pytest.raises(ValueError, match="size must be a positive int"):
-        VIEW_POLICIES.create("simclr", size=0)
+        make_policy("simclr", size=0)
     with pytest.raises(ValueError, match="too small for a 3-pixel blur kernel"):
-        VIEW_POLICIES.create("simclr", size=1)
-    VIEW_POLICIES.create("simclr", size=1, blur_p=0.0)  # fine without blur
+        make_policy("simclr", size=1)
+    make_policy("simclr", size=1, blur_p=0.0)  # fine without blur
     with pytest.raises(TypeError, match="Did you mean 'crop_scale'"):
-        VIEW_POLICIES.create("simclr", size=32, crop_scal=[0.2, 1.0])
+        make_policy("simclr", size=32, crop_scal=[0.2, 1.0])
 
 
 def test_bad_images_and_generator_get_clear_errors() -> None:
-    policy = VIEW_POLICIES.create("simclr", size=8)
+    policy = make_policy("simclr", size=8)
     with pytest.raises(TypeError, match="uint8"):
         policy(torch.zeros(2, 3, 8, 8, dtype=torch.int32), _gen(0))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -572,16 +912,16 @@ def test_bad_images_and_generator_get_clear_errors() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["simclr", "byol"])
 def test_policy_on_cuda(name: str) -> None:
-    policy = VIEW_POLICIES.create(name, size=32)
+    policy = make_policy(name, size=32)
     images = _uint8_images(16, 40, 36).cuda()
     first = policy(images, torch.Generator(device="cuda").manual_seed(0))
     again = policy(images, torch.Generator(device="cuda").manual_seed(0))
-    for a, b in zip(first.crops, again.crops):
+    for a, b in zip(first.inputs, again.inputs):
         assert a.is_cuda and a.shape == (16, 3, 32, 32) and torch.equal(a, b)
     plain = _plain(name, 36, crop_scale=[1.0, 1.0])
     square = images[..., :36, :36].contiguous()
     torch.testing.assert_close(
-        plain(square, torch.Generator(device="cuda").manual_seed(0)).crops[0],
+        plain(square, torch.Generator(device="cuda").manual_seed(0)).inputs[0],
         to_normalized_float(square),
         atol=1e-5,
         rtol=0,
@@ -590,7 +930,7 @@ def test_policy_on_cuda(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["simclr", "byol"])
 def test_print_cpu_time_per_batch(name: str) -> None:
-    policy = VIEW_POLICIES.create(name, size=32)
+    policy = make_policy(name, size=32)
     images = _uint8_images(256, 32, 32)
     policy(images, _gen(0))  # warm-up
     start = time.perf_counter()
@@ -632,10 +972,10 @@ def test_policy_rotation_option() -> None:
         "grayscale_p": 0.0,
         "blur_p": 0.0,
     }
-    still = VIEW_POLICIES.create("simclr", size=16, **plain)(images, torch.Generator().manual_seed(0))
-    turned = VIEW_POLICIES.create("simclr", size=16, rotation=30.0, **plain)(
+    still = make_policy("simclr", size=16, **plain)(images, torch.Generator().manual_seed(0))
+    turned = make_policy("simclr", size=16, rotation=30.0, **plain)(
         images, torch.Generator().manual_seed(0)
     )
-    assert not torch.allclose(still.crops[0], turned.crops[0])
+    assert not torch.allclose(still.inputs[0], turned.inputs[0])
     with pytest.raises(ValueError, match="rotation"):
-        VIEW_POLICIES.create("byol", size=16, rotation=-5)
+        make_policy("byol", size=16, rotation=-5)

@@ -48,13 +48,15 @@ def test_wrong_types_are_rejected() -> None:
     with pytest.raises(ConfigError, match="train.sync_bn"):
         apply_overrides(Config(), ["train.sync_bn=3"])
     with pytest.raises(ConfigError, match="augment.mean"):
-        apply_overrides(Config(), ["augment.mean=[0.5, 0.5]"])
+        apply_overrides(Config(), ["augment.mean=[0.5, red]"])
     with pytest.raises(ConfigError, match="cannot be null"):
         apply_overrides(Config(), ["optim.lr=null"])
 
 
 def test_component_params_are_checked_against_the_factory() -> None:
-    config = apply_overrides(Config(), ["method=simclr", "method.temperature=0.2", "encoder.stem=cifar"])
+    config = apply_overrides(
+        Config(), ["method=simclr", "method.temperature=0.2", "encoder=resnet18", "encoder.stem=cifar"]
+    )
     assert config.method.params == {"temperature": 0.2} and config.encoder.params == {"stem": "cifar"}
     validate(config)
     apply_overrides(config, ["method.temprature=0.2"])
@@ -66,7 +68,21 @@ def test_unknown_method_and_policy_option_fail_validation() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'simclr'"):
         validate(apply_overrides(Config(), ["method=simclf"]))
     with pytest.raises(ConfigError, match="augment.params"):
-        validate(apply_overrides(Config(), ["augment.params={crop_scal: [0.2, 1.0]}"]))
+        validate(apply_overrides(Config(), ["method=simclr", "augment.params={crop_scal: [0.2, 1.0]}"]), "image")
+    # Without the modality the default policy is not known yet: checked once the data is loaded.
+    validate(apply_overrides(Config(), ["method=simclr", "augment.params={crop_scal: [0.2, 1.0]}"]))
+    with pytest.raises(ConfigError, match="no default view policy for audio"):
+        validate(apply_overrides(Config(), ["method=simclr"]), "audio")
+
+
+def test_names_default_to_none_and_steps_may_be_zero() -> None:
+    config = Config()
+    assert config.method.name is None and config.encoder.name is None
+    validate(apply_overrides(config, ["train.steps=0"]))
+    with pytest.raises(ConfigError, match="train.steps must be at least 0"):
+        validate(apply_overrides(Config(), ["train.steps=-1"]))
+    with pytest.raises(ConfigError, match="data.loading"):
+        validate(apply_overrides(Config(), ["data.loading=disk"]))
 
 
 def test_round_trip_through_yaml_is_exact() -> None:

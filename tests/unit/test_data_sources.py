@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfsup.data import SOURCES, UNKNOWN_LABEL, CacheWarning, DataError, assemble, load_images, resolve_spec
+from selfsup.data import SOURCES, UNKNOWN_LABEL, CacheWarning, DataError, assemble, load_dataset, resolve_spec
 from selfsup.data import cache as data_cache
 from selfsup.data.cifar import load_restricted_pickle
 from selfsup.data.decode import resize_center_crop
@@ -29,6 +29,16 @@ CIFAR_SHARDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar1
 needs_cifar = pytest.mark.skipif(
     not (CIFAR_SHARDS / "train-000.tar").is_file(), reason=f"real CIFAR-10 shards not found at {CIFAR_SHARDS}"
 )
+
+
+def load_images(spec: str, **options: object):
+    """The in-memory path (streaming has its own tests in test_stream.py)."""
+    return load_dataset(spec, loading="memory", **options)
+
+
+def side(dataset) -> tuple[int, int]:
+    """(H, W) of an image data set."""
+    return tuple(dataset.info.sample_shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,9 +96,9 @@ def test_folder_with_class_subfolders(tmp_path: Path) -> None:
     assert ds.classes == ["cat", "dog"]
     assert ds.ids == ["cat/a.png", "cat/z.png", "dog/b.png", "dog/deep/c.png"]
     assert ds.labels.tolist() == [0, 0, 1, 1]
-    assert ds.images.dtype == torch.uint8 and ds.images.shape == (4, 3, 5, 5)
+    assert ds.inputs.dtype == torch.uint8 and ds.inputs.shape == (4, 3, 5, 5)
     for i, sample_id in enumerate(ds.ids):
-        assert torch.equal(ds.images[i], chw(pixels[sample_id]))
+        assert torch.equal(ds.inputs[i], chw(pixels[sample_id]))
     assert ds.source == f"folder:{tmp_path}"
     assert ds.skipped == []
 
@@ -130,11 +140,11 @@ def test_colour_modes_are_converted_to_rgb(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # e.g. Pillow's palette-transparency warning
         ds = load_images(str(tmp_path))
     assert ds.ids == ["a_grey.png", "b_rgba.png", "c_palette.png", "d_grey16.png", "e_cmyk.tif"]
-    assert torch.equal(ds.images[0], torch.from_numpy(grey).expand(3, 4, 4))
-    assert torch.equal(ds.images[1], chw(rgba[..., :3]))  # alpha dropped, colour kept as is
-    assert torch.equal(ds.images[2], chw(palette_colours[index]))
-    assert torch.equal(ds.images[3], torch.from_numpy((grey16 // 257).astype(np.uint8)).expand(3, 4, 4))
-    assert ds.images[4, :, 0, 0].tolist() == [0, 255, 255]  # full cyan ink, no black
+    assert torch.equal(ds.inputs[0], torch.from_numpy(grey).expand(3, 4, 4))
+    assert torch.equal(ds.inputs[1], chw(rgba[..., :3]))  # alpha dropped, colour kept as is
+    assert torch.equal(ds.inputs[2], chw(palette_colours[index]))
+    assert torch.equal(ds.inputs[3], torch.from_numpy((grey16 // 257).astype(np.uint8)).expand(3, 4, 4))
+    assert ds.inputs[4, :, 0, 0].tolist() == [0, 255, 255]  # full cyan ink, no black
 
 
 def test_corrupt_image_is_skipped_or_raises_when_strict(tmp_path: Path) -> None:
@@ -175,10 +185,10 @@ def test_mixed_sizes_need_image_size(tmp_path: Path) -> None:
         load_images(str(tmp_path))
 
     ds = load_images(str(tmp_path), image_size=4)
-    assert ds.image_size == (4, 4)
+    assert side(ds) == (4, 4)
     # The shorter side already equals 4, so no resampling: only the centre crop (offset round(4/2)=2).
-    assert torch.equal(ds.images[0], chw(tall[2:6]))
-    assert torch.equal(ds.images[1], chw(wide[:, 2:6]))
+    assert torch.equal(ds.inputs[0], chw(tall[2:6]))
+    assert torch.equal(ds.inputs[1], chw(wide[:, 2:6]))
 
 
 def test_resize_matches_antialiased_bilinear_reference() -> None:
@@ -236,7 +246,7 @@ def test_tar_shards_labels_and_skips(tmp_path: Path) -> None:
     assert ds.labels.tolist() == [2, UNKNOWN_LABEL, 0]
     assert ds.classes == ["zero", "one", "two"]
     for i, key in enumerate(["s0", "s1", "s2"]):
-        assert torch.equal(ds.images[i], chw(px[key]))
+        assert torch.equal(ds.inputs[i], chw(px[key]))
     assert [sid for sid, _ in ds.skipped] == ["part-0.tar/broken"]
 
     with pytest.raises(DataError, match=r"part-0\.tar/broken"):
@@ -252,7 +262,7 @@ def test_tar_glob_and_comma_list(tmp_path: Path) -> None:
         assert ds.ids == expected_ids
         assert ds.labels.tolist() == [2, -1, 0, 1, 2]
         assert [sid for sid, _ in ds.skipped] == ["part-0.tar/broken", "part-1.tar/s4"]
-    assert torch.equal(by_glob.images, by_list.images)
+    assert torch.equal(by_glob.inputs, by_list.inputs)
     # Order follows the list, not the names.
     reverse = load_images(f"shards:{tmp_path / 'part-1.tar'},{tmp_path / 'part-0.tar'}")
     assert reverse.ids[:2] == ["part-1.tar/dir/s3", "part-1.tar/s5"]
@@ -306,7 +316,7 @@ def test_truncated_or_corrupt_shard_is_reported(tmp_path: Path) -> None:
 def test_real_cifar_shard_with_max_samples() -> None:
     n = 300
     ds = load_images(str(CIFAR_SHARDS / "train-*.tar"), max_samples=n)
-    assert len(ds) == n and ds.image_size == (32, 32)
+    assert len(ds) == n and side(ds) == (32, 32)
     assert ds.classes == (CIFAR_SHARDS / "classes.txt").read_text().split()
     # Independent read of the same shard: .cls members and the JPEGs decoded by PIL directly.
     expected: dict[str, int] = {}
@@ -326,7 +336,7 @@ def test_real_cifar_shard_with_max_samples() -> None:
     assert all(k.startswith(ds.classes[label]) for k, label in zip(keys, ds.labels.tolist()))
     for i in (0, 17, n - 1):
         direct = np.asarray(Image.open(io.BytesIO(jpegs[keys[i]])).convert("RGB"))
-        assert torch.equal(ds.images[i], chw(direct))
+        assert torch.equal(ds.inputs[i], chw(direct))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,22 +370,22 @@ def test_cifar_pickle_dir(tmp_path: Path) -> None:
     root = tmp_path / "cifar-10-batches-py"
     data, labels = make_cifar_dir(root)
     train = load_images(str(root))
-    assert len(train) == 20 and train.image_size == (32, 32)
+    assert len(train) == 20 and side(train) == (32, 32)
     assert train.classes == [f"c{i}" for i in range(10)]
     assert train.labels.tolist() == labels[:5].reshape(-1).tolist()
     assert train.ids[:2] == ["data_batch_1/0", "data_batch_1/1"]
     # Row layout: 1024 red values, then green, then blue, each 32x32 row-major.
     flat = data[:5].reshape(20, 3072)
-    assert train.images[5, 1, 2, 3].item() == flat[5, 1024 + 2 * 32 + 3]
-    assert torch.equal(train.images, torch.from_numpy(flat.reshape(20, 3, 32, 32)))
+    assert train.inputs[5, 1, 2, 3].item() == flat[5, 1024 + 2 * 32 + 3]
+    assert torch.equal(train.inputs, torch.from_numpy(flat.reshape(20, 3, 32, 32)))
 
     for spec in (f"{root}:test", str(root / "test_batch"), f"cifar:{root}:test"):
         test = load_images(spec)
         assert test.labels.tolist() == labels[5].tolist(), spec
-        assert torch.equal(test.images, torch.from_numpy(data[5].reshape(4, 3, 32, 32)))
+        assert torch.equal(test.inputs, torch.from_numpy(data[5].reshape(4, 3, 32, 32)))
 
     assert len(load_images(str(root), max_samples=6)) == 6
-    assert load_images(str(root), image_size=16).image_size == (16, 16)
+    assert side(load_images(str(root), image_size=16)) == (16, 16)
 
 
 def _py2_str(data: bytes) -> bytes:
@@ -421,7 +431,7 @@ def test_python2_style_cifar_pickle(tmp_path: Path) -> None:
     (root / "test_batch").write_bytes(stream)
     ds = load_images(f"{root}:test")
     assert ds.labels.tolist() == [7, 2] and ds.classes is None
-    assert torch.equal(ds.images, torch.from_numpy(data.reshape(2, 3, 32, 32)))
+    assert torch.equal(ds.inputs, torch.from_numpy(data.reshape(2, 3, 32, 32)))
 
 
 class _Evil:
@@ -485,8 +495,8 @@ def test_npy_layouts(tmp_path: Path, layout: str) -> None:
         array = array.transpose(0, 3, 1, 2)
     np.save(tmp_path / "x.npy", array)
     ds = load_images(str(tmp_path / "x.npy"))
-    assert ds.images.shape == (3, 3, 5, 6)
-    assert torch.equal(ds.images, torch.from_numpy(expected).permute(0, 3, 1, 2))
+    assert ds.inputs.shape == (3, 3, 5, 6)
+    assert torch.equal(ds.inputs, torch.from_numpy(expected).permute(0, 3, 1, 2))
     assert ds.ids == ["0", "1", "2"] and not ds.has_labels
 
 
@@ -494,13 +504,13 @@ def test_npy_dtypes_and_errors(tmp_path: Path) -> None:
     ints = np.random.default_rng(0).integers(0, 256, size=(2, 4, 4, 3))
     np.save(tmp_path / "i16.npy", ints.astype(np.int16))
     assert torch.equal(
-        load_images(str(tmp_path / "i16.npy")).images, torch.from_numpy(ints).permute(0, 3, 1, 2).byte()
+        load_images(str(tmp_path / "i16.npy")).inputs, torch.from_numpy(ints).permute(0, 3, 1, 2).byte()
     )
 
     floats = ints / 255.0
     np.save(tmp_path / "f.npy", floats.astype(np.float32))
     assert torch.equal(
-        load_images(str(tmp_path / "f.npy")).images, torch.from_numpy(ints).permute(0, 3, 1, 2).byte()
+        load_images(str(tmp_path / "f.npy")).inputs, torch.from_numpy(ints).permute(0, 3, 1, 2).byte()
     )
 
     np.save(tmp_path / "f_big.npy", ints.astype(np.float32))
@@ -528,16 +538,16 @@ def test_npz_keys(tmp_path: Path, image_key: str, label_key: str | None) -> None
     arrays = {image_key: images, **({label_key: labels} if label_key else {})}
     np.savez(tmp_path / "d.npz", **arrays)
     ds = load_images(str(tmp_path / "d.npz"), max_samples=3)
-    assert torch.equal(ds.images, torch.from_numpy(images[:3]))
+    assert torch.equal(ds.inputs, torch.from_numpy(images[:3]))
     assert ds.labels.tolist() == (labels[:3].tolist() if label_key else [-1, -1, -1])
 
 
 def test_npz_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "nokey.npz", pixels=np.zeros((2, 4, 4), np.uint8))
-    with pytest.raises(DataError, match=r"^\S+nokey\.npz has arrays \['pixels'\]; name the images one of"):
+    with pytest.raises(DataError, match=r"^\S+nokey\.npz has arrays \['pixels'\]; name the data 'features'"):
         load_images(str(tmp_path / "nokey.npz"))
     np.savez(tmp_path / "more_labels.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(3, np.int64))
-    with pytest.raises(DataError, match="one per image"):
+    with pytest.raises(DataError, match="one per sample"):
         load_images(str(tmp_path / "more_labels.npz"), max_samples=1)
     np.save(tmp_path / "scalar.npy", np.array(3, np.uint8))
     with pytest.raises(DataError, match=r"shape \(\)"):
@@ -568,17 +578,17 @@ def test_digits_splits_are_disjoint_complete_and_stratified() -> None:
     assert full.classes == [str(d) for d in range(10)]
 
     expected = np.rint(reference.images * 255 / 16).astype(np.uint8)
-    assert torch.equal(full.images, torch.from_numpy(expected)[:, None].expand(1797, 3, 8, 8))
-    assert full.images.max().item() == 255
+    assert torch.equal(full.inputs, torch.from_numpy(expected)[:, None].expand(1797, 3, 8, 8))
+    assert full.inputs.max().item() == 255
 
     # The split never changes: a fixed seed, not the global random state.
     np.random.seed(123)
     assert load_images("digits:test").ids == test.ids
 
     big = load_images("digits:test", image_size=16, max_samples=5)
-    assert big.images.shape == (5, 3, 16, 16)
-    ref = F.interpolate(test.images[:5].float(), size=(16, 16), mode="bilinear", align_corners=False)
-    assert (big.images.float() - ref).abs().max() <= 1
+    assert big.inputs.shape == (5, 3, 16, 16)
+    ref = F.interpolate(test.inputs[:5].float(), size=(16, 16), mode="bilinear", align_corners=False)
+    assert (big.inputs.float() - ref).abs().max() <= 1
     with pytest.raises(DataError, match="digits:train"):
         load_images("digits:validation")
 
@@ -631,7 +641,7 @@ def test_disk_cache_hit_and_corrupt_rebuild(tmp_path: Path, monkeypatch: pytest.
         # strict still reports the skip recorded in the cached entry
         with pytest.raises(DataError, match=r"b/3\.png"):
             load_images(str(data), cache_dir=cache_dir, image_size=4, strict=True)
-    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert torch.equal(first.inputs, second.inputs) and torch.equal(first.labels, second.labels)
     assert (first.ids, first.classes, first.skipped, first.source) == (
         second.ids,
         second.classes,
@@ -647,7 +657,7 @@ def test_disk_cache_hit_and_corrupt_rebuild(tmp_path: Path, monkeypatch: pytest.
     entries[0].write_bytes(entries[0].read_bytes()[:100])
     with pytest.warns(CacheWarning, match="corrupt"):
         rebuilt = load_images(str(data), cache_dir=cache_dir, image_size=4)
-    assert torch.equal(rebuilt.images, first.images)
+    assert torch.equal(rebuilt.inputs, first.inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_images(str(data), cache_dir=cache_dir, image_size=4)
@@ -657,7 +667,7 @@ def test_disk_cache_hit_and_corrupt_rebuild(tmp_path: Path, monkeypatch: pytest.
     save_png(data / "a" / "1.png", new_pixels)
     os.utime(data / "a" / "1.png", ns=(1, 1))
     changed = load_images(str(data), cache_dir=cache_dir, image_size=4)
-    assert torch.equal(changed.images[0], chw(new_pixels))
+    assert torch.equal(changed.inputs[0], chw(new_pixels))
 
 
 def test_cache_key_depends_on_inputs(tmp_path: Path) -> None:

@@ -116,3 +116,52 @@ def test_state_dict_round_trip() -> None:
     teacher.eval()
     x = torch.randn(4, 3)
     assert torch.equal(restored(x), teacher(x))
+
+
+def test_eval_mode_teacher_stays_in_eval_mode() -> None:
+    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    teacher = EMATeacher(student, eval_mode=True)
+    holder = nn.ModuleDict({"student": student, "teacher": teacher})
+    holder.train()
+    assert student.training and not any(m.training for m in teacher.module.modules())
+    x = torch.randn(8, 3)
+    before = teacher.module[1].running_mean.clone()
+    out1, out2 = teacher(x), teacher(x)
+    # Eval mode: dropout off (deterministic) and running statistics used, not updated.
+    assert torch.equal(out1, out2) and torch.equal(teacher.module[1].running_mean, before)
+    # The default teacher follows the method's mode, as BYOL's target does.
+    follower = EMATeacher(student)
+    nn.ModuleDict({"s": student, "t": follower}).train()
+    assert follower.module.training
+
+
+def test_ema_filter_averages_a_subset_and_copies_the_rest() -> None:
+    torch.manual_seed(0)
+    student = nn.ModuleDict({"embed": nn.Linear(2, 2), "blocks": nn.Linear(2, 2)})
+    teacher = EMATeacher(student, ema_filter=lambda name: name.startswith("blocks."))
+    old = {k: v.clone() for k, v in teacher.module.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    teacher.update(student, momentum=0.75)
+    for name, value in teacher.module.state_dict().items():
+        new_student = student.state_dict()[name]
+        if name.startswith("blocks."):
+            torch.testing.assert_close(value, 0.75 * old[name] + 0.25 * new_student)
+        else:  # tracks the student exactly
+            assert torch.equal(value, new_student)
+
+
+def test_teacher_of_a_subset_of_the_student() -> None:
+    """MoCo v3 style: the momentum branch is backbone + projector of a student that also has a predictor."""
+    torch.manual_seed(0)
+    backbone, projector, predictor = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+    branch = nn.Sequential(backbone, projector)
+    teacher = EMATeacher(branch)
+    assert len(list(teacher.module.parameters())) == 4  # no predictor
+    with torch.no_grad():
+        predictor.weight.add_(1.0)
+        backbone.weight.add_(1.0)
+    old = teacher.module[0].weight.clone()
+    teacher.update(branch, momentum=0.5)
+    torch.testing.assert_close(teacher.module[0].weight, 0.5 * old + 0.5 * backbone.weight)

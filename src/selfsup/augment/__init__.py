@@ -1,19 +1,33 @@
-"""Batched, on-device, per-sample-random augmentations and the view policies built from them.
+"""Batched, on-device, per-sample-random augmentations, the view policies built from them, and the
+deterministic input transform of each modality.
 
-Importing this package registers every view policy in :data:`VIEW_POLICIES`
-(``VIEW_POLICIES.create("simclr", size=32)``); the batched ops themselves are in
-:mod:`selfsup.augment.functional`.
+Importing this package registers every view policy in :data:`VIEW_POLICIES`; the batched image ops
+are in :mod:`selfsup.augment.functional`, the vector ones in :mod:`selfsup.augment.vector`.
 """
 
-from selfsup.augment import policies as _policies  # noqa: F401  (registers the view policies)
-from selfsup.augment.base import IMAGENET_MEAN, IMAGENET_STD, VIEW_POLICIES, ViewPolicy, to_normalized_float
+from selfsup.augment import policies as _policies  # noqa: F401  (registers the image view policies)
+from selfsup.augment import vector as _vector  # noqa: F401  (registers the vector view policies)
+from selfsup.augment.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VIEW_POLICIES,
+    ImageTransform,
+    InputTransform,
+    ViewPolicy,
+    to_normalized_float,
+)
 from selfsup.augment.policies import MultiViewPolicy, ViewAugmentation
+from selfsup.augment.vector import VectorNoisePolicy, VectorTransform
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VIEW_POLICIES",
+    "ImageTransform",
+    "InputTransform",
     "MultiViewPolicy",
+    "VectorNoisePolicy",
+    "VectorTransform",
     "ViewAugmentation",
     "ViewPolicy",
     "to_normalized_float",

@@ -9,13 +9,18 @@ is a sampler call followed by an op call for each step.
 
 Definitions follow torchvision's (``RandomResizedCrop``, ``ColorJitter``, ``Grayscale``,
 ``GaussianBlur``) and BYOL's solarization (Grill et al. 2020, appendix B), so recipes tuned
-with those transforms carry over. Deliberate differences are stated where they occur.
+with those transforms carry over. Colour jitter comes in three styles (``JITTER_STYLES``):
+torchvision's ``ColorJitter``, the SimCLR v2 TensorFlow code (google-research/simclr
+``data_util.py``, ``color_jitter_rand`` with ``impl='simclrv2'``) and the BYOL JAX code
+(deepmind-research ``byol/utils/augmentations.py``), which differ in how brightness, contrast and
+saturation are defined; all three apply the four jitter ops in a random order drawn per image.
+Deliberate differences are stated where they occur.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +32,9 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Indices of the four colour-jitter operations in ``JitterParams.order``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+
+# Colour-jitter definitions: see ``sample_color_jitter`` and ``color_jitter``.
+JITTER_STYLES = ("torchvision", "simclr", "byol")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -235,21 +243,45 @@ def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
     """Multiply each image by its ``factor`` (``(B,)``) and clamp to [0, 1].
 
-    The multiplicative form of torchvision and SimCLR v2's code; BYOL's code adds a delta instead.
+    The multiplicative form of torchvision and the SimCLR v2 code; BYOL's code adds a delta
+    instead (:func:`adjust_brightness_additive`).
     """
     factor = _per_sample(factor, images.shape[0], "brightness factor", images.device)
     return (images * _bcast(factor)).clamp_(0.0, 1.0)
 
 
+def adjust_brightness_additive(images: Tensor, delta: Tensor) -> Tensor:
+    """Add ``delta`` (``(B,)``) to every pixel of each image and clamp to [0, 1].
+
+    BYOL's brightness (deepmind-research ``byol/utils/augmentations.py``, ``adjust_brightness``;
+    the same as ``tf.image.adjust_brightness``), with the delta uniform in ``[-b, b]``.
+    """
+    delta = _per_sample(delta, images.shape[0], "brightness delta", images.device)
+    return (images + _bcast(delta)).clamp_(0.0, 1.0)
+
+
 def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
     """Blend each image with the mean of its grayscale image (one scalar per sample), as torchvision.
 
-    factor: ``(B,)``; 0 gives a flat grey image, 1 the input. (TensorFlow, used by the SimCLR and
-    BYOL code, takes the mean of each channel separately instead.)
+    factor: ``(B,)``; 0 gives a flat grey image, 1 the input. The SimCLR and BYOL code take the
+    mean of each channel separately instead: :func:`adjust_contrast_per_channel`.
     """
     factor = _per_sample(factor, images.shape[0], "contrast factor", images.device)
     mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(images, mean, factor)
+
+
+def adjust_contrast_per_channel(images: Tensor, factor: Tensor) -> Tensor:
+    """``factor * (x - mean) + mean`` with the mean of each channel of each image, clamped to [0, 1].
+
+    factor: ``(B,)``; 0 flattens every channel to its own mean (so the image keeps its average
+    colour, not grey), 1 is the input, and a negative factor (BYOL's range for a strength above
+    1) mirrors each channel about its mean. TensorFlow's ``tf.image.adjust_contrast`` (used by the
+    SimCLR code) and BYOL's ``adjust_contrast``.
+    """
+    factor = _per_sample(factor, images.shape[0], "contrast factor", images.device)
+    mean = images.mean(dim=(2, 3), keepdim=True)
+    return (_bcast(factor) * (images - mean) + mean).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
@@ -304,25 +336,64 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     return _rgb_from_hue(value, value * saturation, 6.0 * hue)
 
 
+def adjust_saturation_hsv(images: Tensor, factor: Tensor) -> Tensor:
+    """Scale the HSV saturation of each image by ``factor`` (``(B,)``), clipping it to [0, 1].
+
+    TensorFlow's ``tf.image.adjust_saturation`` (``AdjustSaturation`` kernel, used by the SimCLR
+    code) and BYOL's ``adjust_saturation``: RGB → HSV, ``s → clip(s * factor, 0, 1)``, back to RGB.
+    Hue and value are kept, so factor 0 turns each pixel into the gray of its value (its largest
+    channel), not of its luma as :func:`adjust_saturation` does. Gray and black pixels are unchanged.
+
+    Since ``v * s`` is the chroma, ``v * clip(s * f, 0, 1) = clip(chroma * f, 0, v)``: the new
+    chroma is formed directly, without dividing by the value.
+    """
+    factor = _per_sample(factor, images.shape[0], "saturation factor", images.device)
+    value, chroma, hue_sixths = _value_chroma_hue(images)
+    chroma = torch.minimum((chroma * _bcast(factor)).clamp_(min=0.0), value)
+    return _rgb_from_hue(value, chroma, hue_sixths).clamp_(0.0, 1.0)
+
+
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue of each image by ``shift`` (``(B,)``, fraction of a turn in [-0.5, 0.5]).
 
     The same result as torchvision's RGB → HSV → shift → RGB round trip; saturation is never
     formed because ``v * s`` is the chroma, which saves a division and a multiplication per pixel.
+    TensorFlow's ``tf.image.adjust_hue`` (SimCLR) and BYOL's ``adjust_hue`` compute the same map
+    for images in [0, 1] (TensorFlow's CPU kernel rotates the hue keeping the largest and smallest
+    channel, i.e. value and chroma), so every jitter style uses this op. The clamp only removes
+    rounding error.
     """
     shift = _per_sample(shift, images.shape[0], "hue shift", images.device)
     value, chroma, hue_sixths = _value_chroma_hue(images)
-    return _rgb_from_hue(value, chroma, hue_sixths + 6.0 * _bcast(shift))
+    return _rgb_from_hue(value, chroma, hue_sixths + 6.0 * _bcast(shift)).clamp_(0.0, 1.0)
+
+
+def _jitter_ops(style: str) -> tuple[Callable[[Tensor, Tensor], Tensor], ...]:
+    """The four ops of a jitter style, indexed by ``BRIGHTNESS, CONTRAST, SATURATION, HUE``.
+
+    Looked up at call time (not stored in a table at import) so that tests can patch them.
+    """
+    if style == "torchvision":
+        return (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    if style == "simclr":
+        return (adjust_brightness, adjust_contrast_per_channel, adjust_saturation_hsv, adjust_hue)
+    if style == "byol":
+        return (adjust_brightness_additive, adjust_contrast_per_channel, adjust_saturation_hsv, adjust_hue)
+    raise ValueError(f"unknown colour-jitter style {style!r}; expected one of {', '.join(JITTER_STYLES)}")
 
 
 @dataclass(frozen=True)
 class JitterParams:
     """Per-sample colour-jitter parameters for a batch of ``B`` images.
 
-    brightness, contrast, saturation: ``(B,)`` multiplicative factors, or None to skip the op.
+    brightness: ``(B,)`` multiplicative factors (styles "torchvision", "simclr") or additive
+    deltas (style "byol"), or None to skip the op.
+    contrast, saturation: ``(B,)`` factors, or None to skip the op.
     hue: ``(B,)`` hue shifts (fraction of a turn), or None to skip.
     apply: ``(B,)`` bool; samples where it is False are returned unchanged.
-    order: a permutation of ``(BRIGHTNESS, CONTRAST, SATURATION, HUE)``, shared by the batch.
+    order: ``(B, 4)`` int64; row ``i`` is sample ``i``'s permutation of ``(BRIGHTNESS,
+    CONTRAST, SATURATION, HUE)``, applied left to right.
+    style: one of ``JITTER_STYLES``; picks the definition of each op (see :func:`color_jitter`).
     """
 
     brightness: Tensor | None
@@ -330,7 +401,27 @@ class JitterParams:
     saturation: Tensor | None
     hue: Tensor | None
     apply: Tensor
-    order: tuple[int, ...] = (BRIGHTNESS, CONTRAST, SATURATION, HUE)
+    order: Tensor
+    style: str = "torchvision"
+
+
+def _jitter_ranges(
+    style: str, brightness: float, contrast: float, saturation: float, hue: float
+) -> list[tuple[float, float]]:
+    """``(low, high)`` of the brightness, contrast, saturation and hue draws of a style."""
+    hue_range = (-hue, hue)
+    if style == "byol":
+        # BYOL's _random_brightness / _random_contrast / _random_saturation: no floor at 0.
+        return [
+            (-brightness, brightness),
+            (1 - contrast, 1 + contrast),
+            (1 - saturation, 1 + saturation),
+            hue_range,
+        ]
+    # torchvision floors every factor at 0. So does the SimCLR v2 brightness; its contrast and
+    # saturation call tf.image.random_contrast / random_saturation with lower = 1 - s, which
+    # TensorFlow rejects when negative, so the floor only extends the range TF accepts (s <= 1).
+    return [(max(0.0, 1 - s), 1 + s) for s in (brightness, contrast, saturation)] + [hue_range]
 
 
 def sample_color_jitter(
@@ -341,52 +432,132 @@ def sample_color_jitter(
     hue: float,
     p: float,
     generator: torch.Generator,
+    style: str = "torchvision",
 ) -> JitterParams:
-    """Draw torchvision ``ColorJitter`` parameters per sample, applied with probability ``p``.
+    """Draw colour-jitter parameters and an op order per sample, applied with probability ``p``.
 
-    Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for brightness, contrast and saturation
-    strength ``s`` and the hue shift uniform in ``[-hue, hue]``; a strength of 0 skips that op.
+    With strengths ``b, c, s, h`` (a strength of 0 skips that op), each sample draws:
 
-    The order of the four ops is one random permutation for the whole batch, where torchvision
-    and the SimCLR/BYOL code draw one per image. Batched, a per-sample order would cost either 24
-    sub-batches (one per permutation) or running all four ops at each of the four positions
-    (4x the work); one shared order keeps jitter at four batched ops. Each view of a policy
-    draws its own order, and the factors stay per sample.
+    - "torchvision" (``ColorJitter``): brightness, contrast and saturation factors uniform in
+      ``[max(0, 1 - x), 1 + x]``.
+    - "simclr" (SimCLR v2 ``color_jitter_rand``, ``impl='simclrv2'``): brightness factor uniform
+      in ``[max(0, 1 - b), 1 + b]``; contrast and saturation factors in ``[1 - x, 1 + x]``, as
+      ``tf.image.random_contrast`` / ``random_saturation`` with ``lower = 1 - x``. TensorFlow
+      raises for ``x > 1``; here the low end is floored at 0 instead.
+    - "byol" (``_random_brightness``, ``_random_contrast``, ``_random_saturation``): brightness
+      delta uniform in ``[-b, b]``; contrast and saturation factors in ``[1 - x, 1 + x]``, with no
+      floor (a negative saturation factor clips the saturation to 0, i.e. gray).
 
-    The order is drawn with ``torch.randperm`` and read back to Python, which is one host sync
-    per call on CUDA.
+    and, in every style, a hue shift uniform in ``[-h, h]`` (fraction of a turn) and a random
+    permutation of the four ops, drawn per image as torchvision, SimCLR and BYOL do:
+    ``argsort`` of four uniforms is a uniformly random permutation. All draws come from
+    ``generator`` on its device, in the order brightness, contrast, saturation, hue, apply, order,
+    and every draw is made even for a skipped op so that the stream does not depend on which
+    strengths are 0. No value is read back to the host.
     """
-    factors: list[Tensor | None] = []
-    for strength in (brightness, contrast, saturation):
-        draw = sample_uniform(batch, max(0.0, 1.0 - strength), 1.0 + strength, generator)
-        factors.append(draw if strength > 0 else None)
-    shift = sample_uniform(batch, -hue, hue, generator)
+    _jitter_ops(style)  # raises for an unknown style
+    if min(brightness, contrast, saturation, hue) < 0:
+        raise ValueError(
+            f"jitter strengths must be >= 0, got brightness={brightness}, contrast={contrast}, "
+            f"saturation={saturation}, hue={hue}"
+        )
+    strengths = (brightness, contrast, saturation, hue)
+    ranges = _jitter_ranges(style, *strengths)
+    draws = [sample_uniform(batch, low, high, generator) for low, high in ranges]
+    values = [draw if strength > 0 else None for draw, strength in zip(draws, strengths)]
     apply = sample_bernoulli(batch, p, generator)
-    order = torch.randperm(4, generator=generator, device=generator.device).tolist()
-    return JitterParams(factors[0], factors[1], factors[2], shift if hue > 0 else None, apply, tuple(order))
+    order = torch.rand(batch, 4, generator=generator, device=generator.device).argsort(dim=1)
+    return JitterParams(values[0], values[1], values[2], values[3], apply, order, style)
 
 
 def color_jitter(images: Tensor, params: JitterParams) -> Tensor:
-    """Apply brightness, contrast, saturation and hue jitter in ``params.order``.
+    """Apply each sample's brightness, contrast, saturation and hue jitter in that sample's order.
 
-    images: ``(B, 3, H, W)`` in [0, 1]. Each op clamps to [0, 1] like torchvision. Samples whose
-    ``params.apply`` is False come back bit-identical.
+    images: ``(B, 3, H, W)`` in [0, 1]; returns the same shape and dtype (the parameters are cast
+    to the images' dtype). Every op clamps to [0, 1], as all three reference implementations do
+    after each op. The ops of ``params.style`` are:
+
+    - "torchvision": :func:`adjust_brightness`, :func:`adjust_contrast` (luma mean),
+      :func:`adjust_saturation` (blend with luma), :func:`adjust_hue`.
+    - "simclr": :func:`adjust_brightness`, :func:`adjust_contrast_per_channel`,
+      :func:`adjust_saturation_hsv`, :func:`adjust_hue`.
+    - "byol": :func:`adjust_brightness_additive`, :func:`adjust_contrast_per_channel`,
+      :func:`adjust_saturation_hsv`, :func:`adjust_hue`.
+
+    Samples whose ``params.apply`` is False come back bit-identical, and no op runs on them.
+
+    Per-sample order at about the cost of a shared one: at each of the four positions the
+    selected samples are held grouped by the op they do there, and each op runs once on its
+    (contiguous) group with that group's parameters; its result is copied straight to the rows
+    where the next position groups those samples (the last position writes them back in place).
+    Every sample goes through each op exactly once, so the work is four ops over the batch, in up
+    to 16 smaller calls instead of 4, plus one copy of the batch per position. Running all four
+    ops at every position and selecting would cost 4x the work; one sub-batch per permutation,
+    24 groups. The group sizes (a ``(4, 5)`` count, read together with the check that each row
+    of ``order`` is a permutation) go to the host once per call: a plain read on CPU, the one
+    host sync of the call on CUDA.
     """
-    ops = {
-        BRIGHTNESS: (adjust_brightness, params.brightness),
-        CONTRAST: (adjust_contrast, params.contrast),
-        SATURATION: (adjust_saturation, params.saturation),
-        HUE: (adjust_hue, params.hue),
-    }
-    if sorted(params.order) != [BRIGHTNESS, CONTRAST, SATURATION, HUE]:
-        raise ValueError(f"order must be a permutation of (0, 1, 2, 3), got {params.order}")
-    out = images
-    for index in params.order:
-        op, value = ops[index]
+    batch, device = images.shape[0], images.device
+    ops = _jitter_ops(params.style)
+    values: list[Tensor | None] = []
+    for name, value in zip(
+        ("brightness", "contrast", "saturation", "hue"),
+        (params.brightness, params.contrast, params.saturation, params.hue),
+    ):
         if value is not None:
-            out = op(out, value)
-    apply = _per_sample(params.apply, images.shape[0], "apply", images.device)
-    return torch.where(_bcast(apply), out, images)
+            value = _per_sample(value, batch, f"{name} parameter", device).to(images.dtype)
+        values.append(value)
+    apply = _per_sample(params.apply, batch, "apply", device)
+    order = params.order
+    if not isinstance(order, Tensor) or order.shape != (batch, 4):
+        shape = tuple(order.shape) if isinstance(order, Tensor) else type(order).__name__
+        raise ValueError(
+            f"order must be a ({batch}, 4) tensor holding one permutation of (0, 1, 2, 3) per sample, "
+            f"got {shape}"
+        )
+    order = order.to(device=device, dtype=torch.int64)
+
+    # Key 4 marks samples left alone: sorted after the others at the first position and dropped.
+    keys = torch.where(apply.view(-1, 1), order, 4)
+    group = torch.arange(5, device=device)
+    sizes = (keys.unsqueeze(-1) == group).sum(dim=0)  # (4, 5): samples doing op j at position k
+    is_perm = (order.sort(dim=1).values == group[:4]).all().view(1)
+    host = torch.cat([sizes.flatten(), is_perm.to(sizes.dtype)]).tolist()  # the one host read
+    if not host[-1]:
+        raise ValueError("each row of order must be a permutation of (0, 1, 2, 3)")
+    sizes_at = [host[5 * k : 5 * k + 4] for k in range(4)]
+    active = sum(sizes_at[0])
+    if active == 0 or all(value is None for value in values):
+        return images.clone()
+
+    # rows[r] is the sample held in row r of `cur`: the selected samples, grouped by first op.
+    rows = torch.argsort(keys[:, 0], stable=True)[:active]
+    cur = images[rows]
+    spare = torch.empty_like(cur)
+    out = images.clone()
+    for position in range(4):
+        if position < 3:
+            # Each group's result is written straight to its rows for the next position (grouped
+            # by the next op), so the regrouping costs one copy and no gather or concatenation.
+            regroup = torch.argsort(order[rows, position + 1], stable=True)
+            dest = torch.empty_like(regroup)
+            dest[regroup] = torch.arange(active, device=device)
+            target = spare
+        else:
+            dest, target = rows, out
+        start = 0
+        for index, size in enumerate(sizes_at[position]):
+            if size == 0:
+                continue
+            piece, value = cur[start : start + size], values[index]
+            if value is not None:
+                piece = ops[index](piece, value[rows[start : start + size]])
+            target.index_copy_(0, dest[start : start + size], piece)
+            start += size
+        if position < 3:
+            rows = rows[regroup]
+            cur, spare = spare, cur
+    return out
 
 
 # ----------------------------------------------------------------------------- blur, solarize, normalize

@@ -1,25 +1,40 @@
-"""Data: sources that decode image data sets once into uint8 tensors, and their disk cache.
+"""Data: the modality-neutral contract (:class:`DataInfo`, :class:`Batch`, :class:`Dataset`), the
+sources that load data sets from spec strings, and their caches.
 
-Importing this package registers every image source in :data:`SOURCES`
-(``digits``, ``cifar``, ``arrays``, ``shards``, ``folder``); :func:`load_images` is the entry point.
+Importing this package registers every source in :data:`SOURCES` (``digits``, ``cifar``,
+``arrays``, ``shards``, ``folder``); :func:`load_dataset` is the entry point.
 """
 
 # The source modules are imported for their side effect: each registers its factory in SOURCES.
 from selfsup.data import arrays, cifar, digits, folder, shards  # noqa: F401
-from selfsup.data.base import SOURCES, UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.base import (
+    SOURCES,
+    UNKNOWN_LABEL,
+    Batch,
+    DataError,
+    DataInfo,
+    Dataset,
+    InMemoryDataset,
+    SubsetDataset,
+    describe,
+)
 from selfsup.data.cache import CacheWarning
 from selfsup.data.decode import IMAGE_EXTENSIONS
-from selfsup.data.sources import SPEC_FORMS, describe, load_images, resolve_spec
+from selfsup.data.sources import SPEC_FORMS, load_dataset, resolve_spec
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SOURCES",
     "SPEC_FORMS",
     "UNKNOWN_LABEL",
+    "Batch",
     "CacheWarning",
     "DataError",
-    "ImageDataset",
+    "DataInfo",
+    "Dataset",
+    "InMemoryDataset",
+    "SubsetDataset",
     "describe",
-    "load_images",
+    "load_dataset",
     "resolve_spec",
 ]

@@ -1,4 +1,4 @@
-"""From raw samples to an :class:`ImageDataset`: parallel decoding in input order, skips, stacking.
+"""From raw samples to an in-memory image data set: parallel decoding in input order, skips, stacking.
 
 Sources that read encoded images (folders, tar shards) hand an iterator of :class:`Item` to
 :func:`decode_stream`, which decodes them on a thread pool and records every unreadable input;
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data.base import UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.base import UNKNOWN_LABEL, DataError, DataInfo, InMemoryDataset
 from selfsup.data.decode import decode_image, resize_center_crop
 from selfsup.data.sources import SPEC_FORMS
 
@@ -164,8 +164,8 @@ def build_dataset(
     classes: list[str] | None,
     skipped: list[tuple[str, str]],
     image_size: int | None,
-) -> ImageDataset:
-    """Stack ``(H, W, 3)`` uint8 images into an ImageDataset, checking they share one size."""
+) -> InMemoryDataset:
+    """Stack ``(H, W, 3)`` uint8 images into an image :class:`InMemoryDataset`; they must share one size."""
     if len(ids) == 0:
         if skipped:
             first_id, first_reason = skipped[0]
@@ -191,21 +191,32 @@ def build_dataset(
         stacked = _map_images(stacked, image_size)
     if skipped:
         logger.warning("%s: skipped %d unreadable input(s), e.g. %s: %s", source, len(skipped), *skipped[0])
-    return ImageDataset(
-        # np.array always copies: the result is writable and owned even when ``stacked`` is a
-        # read-only memory map of a .npy file.
-        images=torch.from_numpy(np.array(stacked.transpose(0, 3, 1, 2), order="C")),
-        labels=torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
-        ids=ids,
+    # np.array always copies: the result is writable and owned even when ``stacked`` is a
+    # read-only memory map of a .npy file.
+    images = torch.from_numpy(np.array(stacked.transpose(0, 3, 1, 2), order="C"))
+    return InMemoryDataset(
+        images,
+        torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
+        ids,
+        info=image_info(images.shape[2], images.shape[3], classes),
         source=source,
-        classes=classes,
         skipped=skipped,
+    )
+
+
+def image_info(height: int, width: int, classes: list[str] | None) -> DataInfo:
+    """The :class:`DataInfo` of RGB uint8 images of one size."""
+    return DataInfo(
+        modality="image",
+        sample_shape=(3, height, width),
+        dtype="uint8",
+        classes=None if classes is None else tuple(classes),
     )
 
 
 def build_from_collector(
     collected: Collector, *, source: str, classes: list[str] | None, image_size: int | None
-) -> ImageDataset:
+) -> InMemoryDataset:
     """:func:`build_dataset` on the samples a :func:`decode_stream` collected."""
     return build_dataset(
         collected.images,
@@ -218,4 +229,12 @@ def build_from_collector(
     )
 
 
-__all__ = ["Collector", "Item", "build_dataset", "build_from_collector", "decode_stream", "error_reason"]
+__all__ = [
+    "Collector",
+    "Item",
+    "build_dataset",
+    "build_from_collector",
+    "decode_stream",
+    "error_reason",
+    "image_info",
+]

@@ -1,17 +1,18 @@
-"""On-disk cache of decoded image data sets, so a data set is decoded once across runs.
+"""On-disk cache of decoded in-memory data sets, so a data set is decoded once across runs.
 
 One cache entry is one ``safetensors`` file named by a content key:
 
-* ``images`` — ``(N, 3, H, W)`` uint8 and ``labels`` — ``(N,)`` int64, exactly as in the
-  :class:`~selfsup.data.base.ImageDataset`;
-* ``meta`` — a uint8 tensor holding UTF-8 JSON with ``ids``, ``classes``, ``skipped`` and
-  ``source`` (kept as a tensor rather than in the safetensors header, whose size is capped, so
-  that a million ids still fit).
+* ``inputs`` — e.g. ``(N, 3, H, W)`` uint8 images or ``(N, D)`` float32 vectors — and ``labels`` —
+  ``(N,)`` int64, exactly as in the :class:`~selfsup.data.base.InMemoryDataset`;
+* ``meta`` — a uint8 tensor holding UTF-8 JSON with ``ids``, ``info``, ``skipped`` and ``source``
+  (kept as a tensor rather than in the safetensors header, whose size is capped, so that a million
+  ids still fit).
 
 The key is the sha256 of the source kind and spec, the sorted input files with their sizes and
 modification times, ``image_size`` and ``max_samples``: touching or replacing an input file
 makes a new entry instead of serving stale pixels. Writes go to a temporary file in the same
-directory followed by ``os.replace``, so a crash or a concurrent reader never sees half a file.
+directory, fsync'd, then ``os.replace``-d (:func:`selfsup.io.write_atomic`), so a crash or a
+concurrent reader never sees half a file.
 A file that fails to load or to validate is ignored with a warning (and then overwritten by the
 rebuilt entry). Nothing is ever pickled.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from selfsup.data.base import ImageDataset
+from selfsup.data.base import DataInfo, InMemoryDataset
+from selfsup.io import write_atomic
 
 # Bump when the decoding itself changes (resize rule, colour conversion, ...): old entries then
 # stop matching instead of silently serving pixels produced by the previous rule.
-CACHE_FORMAT_VERSION = 1
-_FORMAT_NAME = "selfsup.images"
+CACHE_FORMAT_VERSION = 2
+_FORMAT_NAME = "selfsup.dataset"
 
 
 class CacheWarning(UserWarning):
@@ -76,10 +77,10 @@ def cache_key(
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
     """Where the entry for ``key`` lives inside ``cache_dir``."""
-    return Path(cache_dir).expanduser() / f"images-{key}.safetensors"
+    return Path(cache_dir).expanduser() / f"dataset-{key}.safetensors"
 
 
-def load_cached(cache_dir: str | Path, key: str) -> ImageDataset | None:
+def load_cached(cache_dir: str | Path, key: str) -> InMemoryDataset | None:
     """The cached data set for ``key``, or None when there is no usable entry.
 
     A corrupt entry (truncated, wrong key, inconsistent shapes) gives a :class:`CacheWarning` and None.
@@ -101,7 +102,7 @@ def load_cached(cache_dir: str | Path, key: str) -> ImageDataset | None:
         return None
 
 
-def _read_entry(path: Path, key: str) -> ImageDataset:
+def _read_entry(path: Path, key: str) -> InMemoryDataset:
     tensors = load_file(str(path))
     with open(path, "rb") as handle:
         # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
@@ -111,54 +112,41 @@ def _read_entry(path: Path, key: str) -> ImageDataset:
     if metadata.get("format") != _FORMAT_NAME or metadata.get("key") != key:
         raise ValueError("the file's recorded key does not match its name")
     meta = json.loads(tensors["meta"].numpy().tobytes().decode("utf-8"))
-    classes = meta["classes"]
-    return ImageDataset(
-        images=tensors["images"],
-        labels=tensors["labels"],
-        ids=[str(i) for i in meta["ids"]],
+    return InMemoryDataset(
+        tensors["inputs"],
+        tensors["labels"],
+        [str(i) for i in meta["ids"]],
+        info=DataInfo.from_dict(meta["info"]),
         source=str(meta["source"]),
-        classes=None if classes is None else [str(c) for c in classes],
         skipped=[(str(i), str(r)) for i, r in meta["skipped"]],
+        fingerprint=key,
     )
 
 
-def save_cached(cache_dir: str | Path, key: str, dataset: ImageDataset) -> Path | None:
+def save_cached(cache_dir: str | Path, key: str, dataset: InMemoryDataset) -> Path | None:
     """Write ``dataset`` as the entry for ``key`` atomically; returns its path.
 
     A cache that cannot be written (read-only directory, full disk) is not fatal: it gives a
     :class:`CacheWarning` and returns None, since the data set itself was decoded fine.
     """
-    directory = Path(cache_dir).expanduser()
-    path = cache_path(directory, key)
+    path = cache_path(cache_dir, key)
     meta = json.dumps(
         {
             "ids": dataset.ids,
-            "classes": dataset.classes,
+            "info": dataset.info.to_dict(),
             "skipped": [list(s) for s in dataset.skipped],
             "source": dataset.source,
         }
     ).encode("utf-8")
     tensors = {
-        "images": dataset.images.contiguous(),
+        "inputs": dataset.inputs.contiguous(),
         "labels": dataset.labels.contiguous(),
         "meta": torch.from_numpy(np.frombuffer(meta, dtype=np.uint8).copy()),
     }
     metadata = {"format": _FORMAT_NAME, "version": str(CACHE_FORMAT_VERSION), "key": key}
-    tmp_name: str | None = None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # The temporary file sits in the same directory so that os.replace is a same-filesystem rename.
-        with tempfile.NamedTemporaryFile(
-            dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as handle:
-            tmp_name = handle.name
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-        tmp_name = None
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except OSError as error:
         warnings.warn(f"could not write data cache file {path}: {error}", CacheWarning, stacklevel=2)
         return None
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from selfsup.data.assemble import Collector, build_dataset, error_reason
-from selfsup.data.base import DataError, ImageDataset
+from selfsup.data.base import DataError, InMemoryDataset
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
 
 # Exactly what the CIFAR pickles need to rebuild their numpy arrays, and nothing else: a pickle
@@ -155,7 +155,7 @@ def _cifar_classes(meta: Path | None) -> list[str] | None:
 @register_source("cifar", detect=lambda spec: _cifar_files(spec) is not None, inputs=_cifar_inputs)
 def cifar_source(
     spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> ImageDataset:
+) -> InMemoryDataset:
     """CIFAR-10/100 python-pickle directory ('<dir>' = train batches, '<dir>:test' = test batch)."""
     found = _cifar_files(spec)
     if found is None:

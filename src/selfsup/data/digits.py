@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.assemble import build_dataset
-from selfsup.data.base import DataError, ImageDataset
+from selfsup.data.base import DataError, InMemoryDataset
 from selfsup.data.decode import to_nhwc_uint8
 from selfsup.data.sources import canonical_source, register_source, strip_kind
 
@@ -51,7 +51,7 @@ def _digits_inputs(spec: str) -> list[Path]:
 @register_source("digits", detect=lambda spec: spec == "digits", inputs=_digits_inputs)
 def digits_source(
     spec: str = "", *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> ImageDataset:
+) -> InMemoryDataset:
     """scikit-learn's bundled 8x8 handwritten digits ('digits', 'digits:train', 'digits:test')."""
     split = strip_kind(spec, "digits")
     split = "" if split == "digits" else split

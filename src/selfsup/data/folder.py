@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from selfsup.data.assemble import Item, build_from_collector, decode_stream
-from selfsup.data.base import UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.shards import TAR_SUFFIXES
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, spec_path
@@ -59,7 +59,7 @@ def _no_images_message(root: Path) -> str:
 @register_source("folder", detect=lambda spec: spec_path(spec, "folder").is_dir(), inputs=_folder_inputs)
 def folder_source(
     spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> ImageDataset:
+) -> InMemoryDataset:
     """A folder of images, searched recursively; class sub-folders give labels."""
     root = spec_path(spec, "folder")
     if not root.is_dir():

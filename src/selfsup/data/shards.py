@@ -16,7 +16,7 @@ from glob import glob
 from pathlib import Path
 
 from selfsup.data.assemble import Item, build_from_collector, decode_stream, error_reason
-from selfsup.data.base import UNKNOWN_LABEL, DataError, ImageDataset
+from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
 
@@ -165,7 +165,7 @@ def _shard_inputs(spec: str) -> list[Path]:
 @register_source("shards", detect=_detect_shards, inputs=_shard_inputs)
 def shards_source(
     spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> ImageDataset:
+) -> InMemoryDataset:
     """WebDataset-style tar shards (path, comma list or glob): <key>.jpg/png + optional <key>.cls."""
     shards = resolve_shards(spec)
     classes_path = _classes_file(shards)

@@ -1,7 +1,9 @@
-"""Image data specs: which source a spec string names, and :func:`load_images`, the entry point.
+"""Data specs: which source a spec string names, and :func:`load_dataset`, the entry point.
 
-A spec string goes in and an :class:`ImageDataset` (decoded once, uint8) comes out, through the
-disk cache of :mod:`selfsup.data.cache` when one is given. Each source lives in its own module
+A spec string goes in and a :class:`~selfsup.data.base.Dataset` comes out: decoded once into memory
+(through the disk cache of :mod:`selfsup.data.cache` when one is given), or, for folders and tar
+shards too large for the memory budget, a streaming data set that decodes samples on demand
+(:mod:`selfsup.data.stream`). Each source lives in its own module
 (:mod:`~selfsup.data.digits`, :mod:`~selfsup.data.cifar`, :mod:`~selfsup.data.arrays`,
 :mod:`~selfsup.data.shards`, :mod:`~selfsup.data.folder`) and registers itself in ``SOURCES``
 with :func:`register_source`; how images are decoded is described in :mod:`selfsup.data.decode`.
@@ -17,9 +19,10 @@ Spec forms, auto-detected in this order (an explicit ``kind:`` prefix such as ``
     the python-pickle release of CIFAR-10 (``cifar-10-batches-py``) or CIFAR-100
     (``cifar-100-python``, fine labels), read with a restricted unpickler that only rebuilds numpy arrays.
 ``arrays`` — ``x.npy`` / ``x.npz``
-    ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in {1, 3, 4}; uint8, integers in
-    0..255, or floats in [0, 1]. ``.npz`` keys: ``images`` (or ``x``/``X``/``data``), optional
-    ``labels`` (or ``y``/``targets``) and ``classes``. Loaded with ``allow_pickle=False``.
+    vectors: a 2-D ``(N, D)`` numeric array, or an ``.npz`` with ``features``; images: ``(N, H, W)``,
+    ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in {1, 3, 4}; uint8, integers in 0..255, or floats in
+    [0, 1]. ``.npz`` keys: ``features`` / ``images`` (or ``x``/``X``/``data``), optional ``labels``
+    (or ``y``/``targets``), ``classes`` and ``columns``. Loaded with ``allow_pickle=False``.
 ``shards`` — ``a.tar``, ``a.tar,b.tar``, ``/data/train-*.tar``
     WebDataset-style tar shards: members ``<key>.<jpg|png|...>`` with an optional ``<key>.cls``
     (ASCII class index), streamed without extracting; a ``classes.txt`` beside the (first) shard
@@ -32,25 +35,27 @@ Spec forms, auto-detected in this order (an explicit ``kind:`` prefix such as ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from selfsup.data import cache as _cache
-from selfsup.data.base import SOURCES, DataError, ImageDataset
+from selfsup.data.base import SOURCES, DataError, Dataset, InMemoryDataset
 
 SPEC_FORMS = (
     "A data spec is one of: 'digits', 'digits:train', 'digits:test' (bundled 8x8 digits); "
     "a folder of images (class sub-folders give labels); tar shards 'a.tar', 'a.tar,b.tar' or a glob "
     "'/data/train-*.tar'; a CIFAR pickle directory 'cifar-10-batches-py' (append ':test' for the test "
-    "batch); an array file 'x.npy' or 'x.npz'. Prefix 'KIND:' to skip auto-detection "
+    "batch); an array file 'x.npy' or 'x.npz' (2-D arrays are vectors, 3-D/4-D images). "
+    "Prefix 'KIND:' to skip auto-detection "
     "(kinds: digits, cifar, arrays, shards, folder)."
 )
 
 # Detection order: the cheap exact forms first, the generic "any directory" last.
 _DETECTION_ORDER = ("digits", "cifar", "arrays", "shards", "folder")
 
-F = TypeVar("F", bound=Callable[..., ImageDataset])
+F = TypeVar("F", bound=Callable[..., InMemoryDataset])
 
 
 def register_source(
@@ -81,7 +86,7 @@ def spec_path(spec: str, kind: str) -> Path:
 
 
 def canonical_source(kind: str, rest: str) -> str:
-    """The ``kind:rest`` string stored in ``ImageDataset.source``; loading it gives the same data."""
+    """The ``kind:rest`` string stored in ``Dataset.source``; loading it gives the same data."""
     return f"{kind}:{rest}" if rest else kind
 
 
@@ -114,37 +119,120 @@ def _check_positive(name: str, value: int | None) -> None:
         raise DataError(f"{name} must be a positive integer or None, got {value!r}")
 
 
-def load_images(
+# The sources that can stream (random access to individual encoded samples).
+STREAMABLE = ("shards", "folder")
+LOADING_MODES = ("auto", "memory", "stream")
+
+
+def memory_limit_bytes(limit_gb: float | None) -> int:
+    """The decoded size above which ``loading="auto"`` streams: ``limit_gb``, else a quarter of RAM."""
+    if limit_gb is not None:
+        return int(limit_gb * 2**30)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        total = 8 * 2**30
+    return total // 4
+
+
+def load_dataset(
     spec: str,
     *,
     image_size: int | None = None,
     max_samples: int | None = None,
     strict: bool = False,
     cache_dir: str | Path | None = None,
-) -> ImageDataset:
-    """Load an image data set from ``spec`` (see the module docstring for the forms) as uint8 tensors.
+    loading: str = "auto",
+    memory_limit_gb: float | None = None,
+) -> Dataset:
+    """Load a data set from ``spec`` (see the module docstring for the forms).
 
     Args:
-        spec: what to load, e.g. ``"digits:train"``, ``"/data/imgs"``, ``"/data/train-*.tar"``.
+        spec: what to load, e.g. ``"digits:train"``, ``"/data/imgs"``, ``"/data/train-*.tar"``, ``"x.npy"``.
         image_size: resize the shorter side to this and centre-crop a square; None keeps the
             native size, which must then be the same for every image.
-        max_samples: stop after this many readable samples (tar shards stop streaming there).
+        max_samples: stop after this many readable samples (the first ones in source order).
         strict: raise DataError on the first unreadable input instead of skipping it.
-        cache_dir: when given, decoded data is stored there (safetensors) and reused while the
-            input files are unchanged.
+        cache_dir: decoded in-memory data is stored there (safetensors) and reused while the input
+            files are unchanged; compressed shards are decompressed there once for streaming.
+        loading: ``"memory"`` decodes everything once; ``"stream"`` decodes on demand (folders and
+            tar shards only); ``"auto"`` streams folders and uncompressed shards whose decoded size
+            exceeds the memory limit. Compressed ``.tar.gz`` shards stay in memory under ``auto``:
+            streaming them needs a decompressed copy (``loading="stream"`` makes one in ``cache_dir``).
+        memory_limit_gb: the decoded size above which ``auto`` streams; None: a quarter of the RAM.
 
     Returns:
-        An ImageDataset: ``images`` ``(N, 3, H, W)`` uint8, ``labels`` ``(N,)`` int64 (-1 = unknown).
+        A :class:`~selfsup.data.base.Dataset`: e.g. images ``(N, 3, H, W)`` uint8 or vectors
+        ``(N, D)`` float32, labels ``(N,)`` int64 (-1 = unknown).
     """
     _check_positive("image_size", image_size)
     _check_positive("max_samples", max_samples)
+    if loading not in LOADING_MODES:
+        raise DataError(f"data.loading must be one of {', '.join(LOADING_MODES)}, got {loading!r}")
     kind, rest = resolve_spec(spec)
+    if loading == "stream" and kind not in STREAMABLE:
+        raise DataError(
+            f"{spec!r} is a {kind} source, which cannot stream; data.loading=stream needs a folder or tar "
+            "shards (small sources load into memory: use data.loading=auto)"
+        )
+    if kind in STREAMABLE and loading != "memory":
+        streamed = _open_streaming(kind, rest, image_size, max_samples, strict, cache_dir, loading)
+        if streamed is not None:
+            if loading == "stream" or streamed.estimated_bytes() > memory_limit_bytes(memory_limit_gb):
+                return streamed
+            streamed.close()
+    return _load_in_memory(kind, rest, image_size, max_samples, strict, cache_dir)
+
+
+def _open_streaming(
+    kind: str,
+    rest: str,
+    image_size: int | None,
+    max_samples: int | None,
+    strict: bool,
+    cache_dir: str | Path | None,
+    loading: str,
+) -> Any:
+    """A streaming data set for ``rest``; None under ``auto`` for compressed shards (kept in memory)."""
+    from selfsup.data import stream
+    from selfsup.data.shards import TAR_SUFFIXES, resolve_shards
+
+    source = canonical_source(kind, rest)
+    if kind == "folder":
+        return stream.open_streaming_folder(
+            spec_path(rest, "folder"),
+            source=source,
+            image_size=image_size,
+            max_samples=max_samples,
+            strict=strict,
+        )
+    shards = resolve_shards(rest)
+    compressed = [p for p in shards if p.name.lower().endswith(TAR_SUFFIXES[1:])]
+    if compressed and loading == "auto":
+        return None
+    return stream.open_streaming_shards(
+        shards,
+        source=source,
+        image_size=image_size,
+        max_samples=max_samples,
+        strict=strict,
+        cache_dir=None if cache_dir is None else Path(cache_dir).expanduser(),
+    )
+
+
+def _load_in_memory(
+    kind: str,
+    rest: str,
+    image_size: int | None,
+    max_samples: int | None,
+    strict: bool,
+    cache_dir: str | Path | None,
+) -> InMemoryDataset:
     factory = SOURCES.get(kind)
-    key = None
+    inputs: Callable[[str], list[Path]] | None = getattr(factory, "inputs", None)
+    files = inputs(rest) if inputs is not None else []
+    key = _cache.cache_key(kind, rest, files, image_size=image_size, max_samples=max_samples)
     if cache_dir is not None:
-        inputs: Callable[[str], list[Path]] | None = getattr(factory, "inputs", None)
-        files = inputs(rest) if inputs is not None else []
-        key = _cache.cache_key(kind, rest, files, image_size=image_size, max_samples=max_samples)
         cached = _cache.load_cached(cache_dir, key)
         if cached is not None:
             if strict and cached.skipped:
@@ -155,28 +243,28 @@ def load_images(
                 )
             return cached
     dataset = factory(rest, image_size=image_size, max_samples=max_samples, strict=strict)
-    if cache_dir is not None and key is not None:
+    # The files and options determine the decoded data: the same key names its feature caches.
+    dataset = InMemoryDataset(
+        dataset.inputs,
+        dataset.labels,
+        dataset.ids,
+        info=dataset.info,
+        source=dataset.source,
+        skipped=dataset.skipped,
+        fingerprint=key,
+    )
+    if cache_dir is not None:
         _cache.save_cached(cache_dir, key, dataset)
     return dataset
 
 
-def describe(dataset: ImageDataset) -> str:
-    """One line summarising a data set, for logs and ``selfsup list``."""
-    h, w = dataset.image_size
-    parts = [f"{len(dataset)} images {h}x{w} from {dataset.source}"]
-    if dataset.classes is not None:
-        parts.append(f"{len(dataset.classes)} classes")
-    parts.append(f"{dataset.labeled_fraction:.0%} labelled")
-    if dataset.skipped:
-        parts.append(f"{len(dataset.skipped)} skipped")
-    return ", ".join(parts)
-
-
 __all__ = [
+    "LOADING_MODES",
     "SPEC_FORMS",
+    "STREAMABLE",
     "canonical_source",
-    "describe",
-    "load_images",
+    "load_dataset",
+    "memory_limit_bytes",
     "register_source",
     "resolve_spec",
     "spec_path",

@@ -11,8 +11,11 @@ An encoder maps a batch to an :class:`EncoderOutput`:
 * ``padding_mask`` — ``(B, T)`` bool, True at padded positions, for variable-length inputs
   (None for fixed-size inputs).
 
-Sizes are declared as attributes (``embed_dim``, ``num_layers``, ``modality``) so that no
-caller runs a dummy forward pass to discover them.
+Sizes and geometry are declared as attributes, so that no caller runs a dummy forward pass to
+discover them: ``embed_dim``, ``num_layers``, ``modality``; for token encoders ``token_grid``
+(e.g. ``(H/p, W/p)`` patches of a ViT) or ``frame_rate`` (output frames per second of audio), and
+``output_lengths(lengths)`` mapping input lengths to output lengths; and ``mask_mode``, how a
+token mask applies (:data:`MASK_MODES`).
 """
 
 from __future__ import annotations
@@ -33,16 +36,37 @@ class EncoderOutput:
     padding_mask: Tensor | None = None
 
 
+# How an encoder applies a token mask: "none" (it cannot: CNNs, MLPs), "drop" (masked tokens are
+# removed before the blocks, as MAE / I-JEPA do) or "replace" (masked tokens are replaced by a
+# learned mask embedding and stay in the sequence, as data2vec / wav2vec 2.0 / HuBERT do).
+MASK_MODES = ("none", "drop", "replace")
+
+
 class Encoder(nn.Module):
     """Base class: declares the attributes of the contract; subclasses implement ``forward``.
 
     ``forward(x, *, padding_mask=None, mask=None)``: ``mask`` (``(B, N)`` bool, True where a
-    token is masked) is for masked-modelling methods; encoders that cannot mask raise if given one.
+    token is masked) is for masked-modelling methods and applies as ``mask_mode`` says; encoders
+    whose ``mask_mode`` is ``"none"`` raise if given one. ``padding_mask`` (``(B, T)`` bool, True
+    at padded input positions) is for variable-length inputs; the returned
+    ``EncoderOutput.padding_mask`` marks the padded *output* positions, and ``pooled`` averages
+    only the others.
     """
 
     embed_dim: int
     num_layers: int
     modality: str
+    mask_mode: str = "none"
+    token_grid: tuple[int, ...] | None = None
+    frame_rate: float | None = None
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid output positions per sample for ``lengths`` valid input positions (``(B,)`` int64).
+
+        The default (one output position per input position) fits encoders that keep the length;
+        downsampling encoders (audio feature extractors, patching) override it.
+        """
+        return lengths
 
     def forward(  # pragma: no cover - abstract
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
@@ -83,3 +107,9 @@ def check_image_batch(x: Tensor, in_channels: int) -> None:
         )
     if not torch.is_floating_point(x):
         raise TypeError(f"expected a floating-point image batch, got {x.dtype}; normalize uint8 images first")
+
+
+def padding_mask_from_lengths(lengths: Tensor, max_length: int) -> Tensor:
+    """``(B,)`` valid lengths → ``(B, max_length)`` bool, True at padded positions."""
+    positions = torch.arange(max_length, device=lengths.device)
+    return positions.unsqueeze(0) >= lengths.unsqueeze(1)

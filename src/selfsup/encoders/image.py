@@ -263,7 +263,7 @@ def _options(stem: str, width: int, in_channels: int, zero_init_residual: bool) 
     }
 
 
-@ENCODERS.register("resnet18")
+@ENCODERS.register("resnet18", modality="image")
 def resnet18(
     stem: str = "imagenet", width: int = 64, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -273,7 +273,7 @@ def resnet18(
     )
 
 
-@ENCODERS.register("resnet18_narrow")
+@ENCODERS.register("resnet18_narrow", modality="image")
 def resnet18_narrow(
     stem: str = "imagenet", width: int = 32, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -286,7 +286,7 @@ def resnet18_narrow(
     )
 
 
-@ENCODERS.register("resnet50")
+@ENCODERS.register("resnet50", modality="image")
 def resnet50(
     stem: str = "imagenet", width: int = 64, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -296,7 +296,7 @@ def resnet50(
     )
 
 
-@ENCODERS.register("small_cnn")
+@ENCODERS.register("small_cnn", modality="image")
 def small_cnn(width: int = 32, in_channels: int = 3) -> SmallCNN:
     """Small 6-conv CNN for tiny images on CPU; embed_dim 4 * width (128 at width 32)."""
     return SmallCNN(width=width, in_channels=in_channels)

@@ -1,10 +1,21 @@
-"""Feature extraction: run a frozen encoder over a uint8 image set and keep pooled features.
+"""Feature extraction for any modality: a frozen encoder over a data set, pooled or per frame, any
+set of layers, cached on disk per checkpoint.
 
-The features are what every probe works on (kNN, linear, clustering, …), so they are
-extracted once, in eval mode, with the deterministic evaluation transform
-(:func:`selfsup.augment.base.to_normalized_float`), and returned as float32 on the CPU where a
-large set fits better than on an accelerator. Any layer can be extracted through the
-encoder's ``hidden_states`` (the S3PRL-style contract of :mod:`selfsup.encoders.base`).
+The features are what every probe works on (kNN, linear, weighted-layer, clustering, …), so they
+are extracted once, in eval mode, through the run's deterministic input transform (no
+augmentation), and kept as float32 on the CPU. Three shapes:
+
+* pooled, ``layers=None``: ``(N, embed_dim)`` (``encoder(x).pooled``);
+* pooled per layer, ``layers=[...]``: ``{layer: (N, C_layer)}``, each hidden state pooled with
+  :func:`~selfsup.encoders.base.pool_hidden_state` (padding excluded); with ``stack=True`` one
+  ``(N, L, D)`` tensor for weighted-layer probes (the layers must share their width);
+* per frame, ``pooling="none"``: :class:`FrameFeatures`, the unpadded frames/tokens of every sample
+  concatenated ``(T, D)`` (or ``(T, L, D)`` stacked) with their ``(N,)`` lengths; convolutional maps
+  count their ``H × W`` positions as frames.
+
+With ``cache_dir`` the arrays are written to disk as they are computed (memory stays bounded) and
+reused while the encoder weights, input transform, data, layers and pooling are unchanged
+(:mod:`selfsup.eval.cache`). Streaming data sets are decoded ahead by the prefetching loader.
 """
 
 from __future__ import annotations
@@ -12,13 +23,43 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Sequence
-from typing import overload
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from selfsup.augment.base import to_normalized_float
+from selfsup.augment.base import InputTransform
+from selfsup.data.base import Dataset
+from selfsup.data.loader import PrefetchLoader, default_workers
 from selfsup.encoders.base import Encoder, pool_hidden_state
+from selfsup.eval.cache import EntryWriter, feature_key, read_entry, weights_fingerprint
+
+POOLINGS = ("mean", "none")
+
+
+@dataclass
+class FrameFeatures:
+    """Per-frame features: ``values`` ``(T, D)`` (or ``(T, L, D)``, or one per layer in ``layers``)
+    of all samples' valid frames, concatenated in sample order; ``lengths`` ``(N,)`` frames per sample."""
+
+    values: Tensor | dict[int, Tensor]
+    lengths: Tensor
+
+    @property
+    def offsets(self) -> Tensor:
+        """``(N + 1,)`` start of each sample's frames (the last entry is ``T``)."""
+        return torch.cat([self.lengths.new_zeros(1), self.lengths.cumsum(0)])
+
+    def sample(self, index: int) -> Tensor | dict[int, Tensor]:
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        if isinstance(self.values, dict):
+            return {k: v[start:end] for k, v in self.values.items()}
+        return self.values[start:end]
+
+
+Extracted = Tensor | dict[int, Tensor] | FrameFeatures
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -56,112 +97,209 @@ def _check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return list(dict.fromkeys(layers))
 
 
-@overload
-def extract_features(
-    encoder: Encoder,
-    images: Tensor,
-    *,
-    size: int | None,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = ...,
-    device: str | torch.device = ...,
-    layers: None = ...,
-    amp_dtype: torch.dtype | None = ...,
-) -> Tensor: ...
+def _frames(hidden: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(B, T, D)`` tokens or ``(B, C, H, W)`` maps → the valid frames ``(n, D)`` and ``(B,)`` counts."""
+    if hidden.ndim == 4:
+        hidden = hidden.flatten(2).transpose(1, 2)  # (B, H*W, C)
+    if hidden.ndim == 2:
+        hidden = hidden.unsqueeze(1)  # one "frame" per sample
+    if hidden.ndim != 3:
+        raise ValueError(f"cannot take frames of a hidden state of shape {tuple(hidden.shape)}")
+    if padding_mask is None or hidden.shape[1] != padding_mask.shape[1]:
+        keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    else:
+        keep = ~padding_mask
+    return hidden[keep].float(), keep.sum(dim=1)
 
 
-@overload
-def extract_features(
-    encoder: Encoder,
-    images: Tensor,
-    *,
-    size: int | None,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = ...,
-    device: str | torch.device = ...,
-    layers: Sequence[int],
-    amp_dtype: torch.dtype | None = ...,
-) -> dict[int, Tensor]: ...
+class _RamSink:
+    """Same interface as :class:`~selfsup.eval.cache.EntryWriter`, in memory."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[Tensor]] = {}
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: str = "float32") -> Tensor:
+        return torch.empty(shape, dtype=getattr(torch, dtype))
+
+    def append(self, name: str, rows: Tensor) -> None:
+        self.chunks.setdefault(name, []).append(rows.detach().cpu())
+
+    def appended(self, name: str, width: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        parts = self.chunks.get(name)
+        return torch.cat(parts) if parts else torch.zeros((0, *width), dtype=dtype)
 
 
 @torch.no_grad()
 def extract_features(
     encoder: Encoder,
-    images: Tensor,
+    dataset: Dataset,
+    transform: InputTransform,
     *,
-    size: int | None,
-    mean: Sequence[float],
-    std: Sequence[float],
+    layers: Sequence[int] | None = None,
+    stack: bool = False,
+    pooling: str = "mean",
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    layers: Sequence[int] | None = None,
     amp_dtype: torch.dtype | None = None,
-) -> Tensor | dict[int, Tensor]:
-    """Encode ``images`` ``(N, 3, H, W)`` uint8 in batches and return their pooled features.
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    prefetch: int = 2,
+) -> Extracted:
+    """Features of every sample of ``dataset`` (in order) from ``encoder`` in eval mode.
 
-    Each batch is moved to ``device`` (where the encoder must already be), scaled, resized to
-    ``size`` x ``size`` (unless ``size`` is None) and normalized with ``mean``/``std``, then
-    encoded in eval mode (under autocast with ``amp_dtype`` if given). Every module's
-    training flag is restored afterwards.
-
-    Returns ``(N, embed_dim)`` float32 on the CPU (``encoder(x).pooled``), or, when
-    ``layers`` is given, ``{layer: (N, C_layer)}`` with ``hidden_states[layer]`` pooled by
-    :func:`~selfsup.encoders.base.pool_hidden_state` (keys as given; negative indices count
-    from the last layer). The result does not depend on ``batch_size``.
+    Each batch goes through ``transform`` (the run's deterministic input transform) on ``device``
+    (where the encoder must already be), then the encoder, under autocast with ``amp_dtype`` if
+    given. Every module's training flag is restored afterwards. The result does not depend on
+    ``batch_size``. See the module docstring for the shapes returned.
     """
-    if images.ndim != 4 or images.dtype != torch.uint8:
-        raise ValueError(
-            f"expected uint8 images of shape (N, C, H, W), got {tuple(images.shape)} {images.dtype}; "
-            "pass the decoded data set (ImageDataset.images), not normalized floats"
-        )
-    if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-        raise ValueError(
-            f"mean and std need one value per channel ({images.shape[1]}), got {len(mean)} and {len(std)}"
-        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if stack and layers is None:
+        raise ValueError("stack=True needs layers=[...] (the layers to stack)")
     batch_size = _positive_int("batch_size", batch_size)
-    size = None if size is None else _positive_int("size", size)
     wanted = None if layers is None else _check_layers(layers, encoder.num_layers)
     dev = torch.device(device)
     _check_encoder_device(encoder, dev)
 
-    n = images.shape[0]
-    if n == 0 and wanted is None:
-        return torch.zeros(0, encoder.embed_dim)
-    # An empty batch is still run when layers are asked for: it is the only way to learn their
-    # channel counts, and convolutions and norms accept a batch of zero.
-    starts = range(0, n, batch_size) if n else [0]
+    key = None
+    if cache_dir is not None:
+        key = feature_key(
+            weights=weights_fingerprint(encoder),
+            encoder=type(encoder).__name__,
+            transform=transform.to_dict(),
+            data=dataset.fingerprint,
+            layers=wanted,
+            stack=stack,
+            pooling=pooling,
+        )
+        cached = read_entry(Path(cache_dir), key)
+        if cached is not None:
+            return _assemble(cached[1], wanted, stack, pooling)
+
+    sink: Any = EntryWriter(Path(cache_dir), key) if cache_dir is not None and key is not None else _RamSink()
+    try:
+        arrays = _run(
+            encoder, dataset, transform, wanted, pooling, batch_size, dev, amp_dtype, sink, workers, prefetch
+        )
+        if isinstance(sink, EntryWriter):
+            sink.commit({"layers": wanted, "pooling": pooling, "stack": stack, "samples": len(dataset)})
+            entry = read_entry(Path(cache_dir), key)  # type: ignore[arg-type]
+            if entry is None:
+                raise OSError(f"the feature cache entry {key} could not be read back from {cache_dir}")
+            arrays = entry[1]
+    except BaseException:
+        if isinstance(sink, EntryWriter):
+            sink.abort()
+        raise
+    return _assemble(arrays, wanted, stack, pooling)
+
+
+def _name(layer: int | None) -> str:
+    return "pooled" if layer is None else f"layer{layer}"
+
+
+def _run(
+    encoder: Encoder,
+    dataset: Dataset,
+    transform: InputTransform,
+    wanted: list[int] | None,
+    pooling: str,
+    batch_size: int,
+    dev: torch.device,
+    amp_dtype: torch.dtype | None,
+    sink: Any,
+    workers: int | None,
+    prefetch: int,
+) -> dict[str, Tensor]:
+    n = len(dataset)
     autocast = (
         torch.autocast(device_type=dev.type, dtype=amp_dtype)
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-
+    keys: list[int | None] = [None] if wanted is None else list(wanted)
+    results: dict[str, Tensor] = {}
+    lengths = sink.allocate("lengths", (n,), "int64") if pooling == "none" else None
+    widths: dict[str, tuple[int, ...]] = {}
     flags = [(m, m.training) for m in encoder.modules()]
     encoder.eval()
-    # Filled in place (allocated once the first batch tells the width) so that peak memory
-    # stays at one copy of the features, not a list of chunks plus their concatenation.
-    results: dict[int | None, Tensor] = {}
+    schedule = [torch.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    loader = PrefetchLoader(dataset, schedule, workers=workers or default_workers(), depth=prefetch)
     try:
-        for start in starts:
-            batch = images[start : start + batch_size].to(dev, non_blocking=True)
-            x = to_normalized_float(batch, tuple(mean), tuple(std), size)
+        start = 0
+        for batch in loader:
+            x, padding_mask = transform(batch.to(dev))
             with autocast:
-                out = encoder(x)
-            named: dict[int | None, Tensor]
-            if wanted is None:
-                named = {None: out.pooled}
-            else:
-                named = {i: pool_hidden_state(out.hidden_states[i], out.padding_mask) for i in wanted}
-            for key, feats in named.items():
-                if key not in results:
-                    results[key] = torch.empty(n, feats.shape[1], dtype=torch.float32)
-                results[key][start : start + feats.shape[0]] = feats.float().cpu()
+                out = encoder(x, padding_mask=padding_mask)
+            for layer in keys:
+                hidden = out.last_hidden_state if (layer is None and pooling == "none") else None
+                if layer is not None:
+                    hidden = out.hidden_states[layer]
+                name = _name(layer)
+                if pooling == "mean":
+                    feats = out.pooled if layer is None else pool_hidden_state(hidden, out.padding_mask)
+                    if name not in results:
+                        results[name] = sink.allocate(name, (n, feats.shape[1]))
+                    results[name][start : start + feats.shape[0]] = feats.float().cpu()
+                else:
+                    assert hidden is not None
+                    frames, counts = _frames(hidden, out.padding_mask)
+                    widths[name] = tuple(frames.shape[1:])
+                    sink.append(name, frames.cpu())
+                    assert lengths is not None
+                    lengths[start : start + counts.shape[0]] = counts.cpu()
+            start += len(batch)
     finally:
+        loader.close()
         for module, training in flags:
             module.training = training
+    if n == 0 and pooling == "mean":
+        for layer in keys:
+            width = encoder.embed_dim if layer is None else 0
+            results[_name(layer)] = sink.allocate(_name(layer), (0, width))
+    if pooling == "none":
+        assert lengths is not None
+        results["lengths"] = lengths
+        if isinstance(sink, _RamSink):
+            for layer in keys:
+                name = _name(layer)
+                results[name] = sink.appended(name, widths.get(name, (encoder.embed_dim,)), torch.float32)
+    return results
 
+
+def _assemble(arrays: dict[str, Tensor], wanted: list[int] | None, stack: bool, pooling: str) -> Extracted:
+    keys: list[int | None] = [None] if wanted is None else list(wanted)
+    per_layer = {layer: arrays[_name(layer)] for layer in keys}
+    values: Tensor | dict[int, Tensor]
     if wanted is None:
-        return results[None]
-    return {layer: results[layer] for layer in wanted}
+        values = per_layer[None]
+    elif stack:
+        widths = {tuple(v.shape[1:]) for v in per_layer.values()}
+        if len(widths) > 1:
+            raise ValueError(
+                f"cannot stack layers {wanted}: their widths differ ({sorted(widths)}); "
+                "ask for layers of one width, or use stack=False"
+            )
+        values = torch.stack([per_layer[layer] for layer in wanted], dim=1)
+    else:
+        values = {layer: per_layer[layer] for layer in wanted}  # type: ignore[misc]
+    if pooling == "none":
+        return FrameFeatures(values=values, lengths=arrays["lengths"])
+    return values
+
+
+def raw_input_features(dataset: Dataset, transform: InputTransform, *, batch_size: int = 1024) -> Tensor:
+    """The baseline of every table: the encoder's inputs themselves, flattened ``(N, prod(shape))``
+    float32 (normalized images, standardized vectors), through the same transform as the features."""
+    n = len(dataset)
+    out: Tensor | None = None
+    for start in range(0, n, batch_size):
+        x, _ = transform(dataset.batch(torch.arange(start, min(n, start + batch_size))))
+        flat = x.reshape(x.shape[0], -1).float().cpu()
+        if out is None:
+            out = torch.empty(n, flat.shape[1])
+        out[start : start + flat.shape[0]] = flat
+    return out if out is not None else torch.zeros(0, 0)
+
+
+__all__ = ["POOLINGS", "FrameFeatures", "extract_features", "raw_input_features"]

@@ -2,6 +2,6 @@
 
 from selfsup.methods import byol as _byol  # noqa: F401  (registers "byol")
 from selfsup.methods import simclr as _simclr  # noqa: F401  (registers "simclr")
-from selfsup.methods.base import METHODS, Method, MethodOutput, Views
+from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 
-__all__ = ["METHODS", "Method", "MethodOutput", "Views"]
+__all__ = ["METHODS", "Method", "MethodOutput", "StepInfo", "Views"]

@@ -3,10 +3,15 @@
 An online network (encoder → projector → predictor) regresses the projection that a slowly
 moving EMA copy of itself (the target: encoder → projector) gives for the other view. No
 negatives; the predictor and the EMA target prevent collapse. The target is updated once per
-optimizer step, with the cosine momentum schedule of the paper, in :meth:`on_optimizer_step`.
+optimizer step, with the cosine momentum schedule of the paper, in :meth:`on_optimizer_step`:
+the update after optimizer step ``k`` (counted from 0) uses ``tau(k / K)``, as the authors' code
+(``target_ema(global_step)`` before the step counter is incremented), so the first update uses
+the base momentum and the last one ``tau((K - 1) / K)`` (not a no-op).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +19,7 @@ from torch import Tensor, nn
 from selfsup.encoders.base import Encoder
 from selfsup.heads import MLPHead
 from selfsup.losses import byol as byol_loss
-from selfsup.methods.base import METHODS, Method, MethodOutput, Views
+from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.teacher import EMATeacher
 from selfsup.train.schedules import cosine_momentum
 
@@ -27,8 +32,8 @@ class _Branch(nn.Module):
         self.encoder = encoder
         self.projector = projector
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.projector(self.encoder(x).pooled)
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.projector(self.encoder(x, padding_mask=padding_mask).pooled)
 
 
 @METHODS.register("byol")
@@ -43,7 +48,7 @@ class BYOL(Method):
         final_momentum: target EMA decay at the last step (1.0 in the paper).
     """
 
-    default_view_policy = "byol"
+    default_view_policies: ClassVar[dict[str, str]] = {"image": "byol", "vector": "vector_noise"}
 
     def __init__(
         self,
@@ -69,19 +74,21 @@ class BYOL(Method):
         # Built on demand so that the encoder is registered once (as `encoder`) in the state dict.
         return _Branch(self.encoder, self.projector)
 
-    def forward(self, views: Views, step: int) -> MethodOutput:
-        if views.num_global != 2 or len(views.crops) != 2:
+    def forward(self, views: Views, step: StepInfo) -> MethodOutput:
+        if views.num_global != 2 or len(views.inputs) != 2:
             raise ValueError("BYOL takes exactly two global views per sample")
-        view1, view2 = views.crops
+        (view1, view2), (pad1, pad2) = views.inputs, (views.padding_mask(0), views.padding_mask(1))
         online = self._online()
         # Each view separately, as in the authors' implementation (BatchNorm statistics per view).
-        p1, p2 = self.predictor(online(view1)), self.predictor(online(view2))
-        t1, t2 = self.target(view1), self.target(view2)
+        p1, p2 = self.predictor(online(view1, pad1)), self.predictor(online(view2, pad2))
+        t1, t2 = self.target(view1, pad1), self.target(view2, pad2)
         # The paper's symmetrized loss is the sum of the two directions (eq. 2 and L + L~).
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         logs = {"target_momentum": torch.tensor(self.last_momentum)}
         return MethodOutput(loss=loss, logs=logs, embeddings=p1.detach())
 
-    def on_optimizer_step(self, step: int, total_steps: int) -> None:
-        self.last_momentum = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
+    def on_optimizer_step(self, step: StepInfo) -> None:
+        self.last_momentum = cosine_momentum(
+            step.step, step.total_steps, self.base_momentum, self.final_momentum
+        )
         self.target.update(self._online(), self.last_momentum)

@@ -1,13 +1,16 @@
 """SimCLR: contrastive learning of visual representations (Chen et al., ICML 2020).
 
-Two augmented views of each image go through the encoder and a projection MLP; the NT-Xent
-loss pulls the two projections of an image together and pushes away the other ``2N - 2``
+Two augmented views of each sample go through the encoder and a projection MLP; the NT-Xent
+loss pulls the two projections of a sample together and pushes away the other ``2N - 2``
 projections of the global batch. Negatives are gathered from every process with gradients
 (``selfsup.dist.all_gather_with_grad``), so N processes train exactly like one process on the
-global batch.
+global batch. Nothing here is image-specific: any encoder of the Encoder contract works, with the
+view policy of its modality.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
@@ -15,22 +18,47 @@ from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.heads import MLPHead
 from selfsup.losses import nt_xent
-from selfsup.methods.base import METHODS, Method, MethodOutput, Views
+from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
+
+# The authors' head initialises its Linear layers from N(0, 0.01²) (``linear_layer`` in
+# google-research/simclr model_util.py).
+AUTHORS_HEAD_INIT_STD = 0.01
+
+
+def encode_views(encoder: Encoder, views: Views) -> torch.Tensor:
+    """Pooled features ``(V·B, D)`` of all global views in one forward pass (BatchNorm statistics
+    over all of them, as in the reference implementations)."""
+    inputs = views.global_inputs
+    masks = [views.padding_mask(i) for i in range(len(inputs))]
+    padding = None if all(m is None for m in masks) else torch.cat([m for m in masks if m is not None])
+    if padding is not None and len(padding) != sum(len(x) for x in inputs):
+        raise ValueError("either every global view has a padding mask or none has")
+    return encoder(torch.cat(inputs), padding_mask=padding).pooled
 
 
 @METHODS.register("simclr")
 class SimCLR(Method):
-    """SimCLR (Chen et al. 2020) with the v1 projection head (Linear-BN-ReLU-Linear).
+    """SimCLR (Chen et al. 2020) with the authors' projection head.
+
+    The head is the one of the authors' code (``projection_head``, ``proj_head_mode=nonlinear``):
+    Linear-BN-ReLU, then Linear followed by a BatchNorm with a learnable scale and no shift; Linear
+    weights start from N(0, 0.01²).
 
     Args:
-        encoder: any image encoder of the Encoder contract.
+        encoder: any encoder of the Encoder contract.
         projection_dim: output size of the projection head (128 in the paper).
         hidden_dim: hidden size of the head; None uses the encoder's ``embed_dim`` as in the paper.
         temperature: NT-Xent temperature (0.5 for CIFAR-10 in the paper's appendix B.9).
         gather_negatives: use the negatives of every process (default, as in the paper).
+        head_last_bn: the BatchNorm (with scale) on the head's last layer, as the authors' code;
+            False gives the paper's figure (Linear-BN-ReLU-Linear with a bias).
+        loss_scale: multiplies the loss. Our NT-Xent is the paper's mean over the 2N anchors; the
+            authors' code returns the sum of the two directions, twice as large: ``loss_scale=2``
+            reproduces their gradients, which matters with weight decay (LARS normalizes the step
+            size, not the balance between the loss gradient and the decay term).
     """
 
-    default_view_policy = "simclr"
+    default_view_policies: ClassVar[dict[str, str]] = {"image": "simclr", "vector": "vector_noise"}
 
     def __init__(
         self,
@@ -39,21 +67,31 @@ class SimCLR(Method):
         hidden_dim: int | None = None,
         temperature: float = 0.5,
         gather_negatives: bool = True,
+        head_last_bn: bool = True,
+        loss_scale: float = 1.0,
     ) -> None:
         super().__init__(encoder)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.projector = MLPHead(encoder.embed_dim, hidden_dim or encoder.embed_dim, projection_dim)
+        if loss_scale <= 0:
+            raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+        self.projector = MLPHead(
+            encoder.embed_dim,
+            hidden_dim or encoder.embed_dim,
+            projection_dim,
+            last_bn=head_last_bn,
+            last_bn_scale=head_last_bn,
+            init_std=AUTHORS_HEAD_INIT_STD if head_last_bn else None,
+        )
         self.temperature = temperature
         self.gather_negatives = gather_negatives
+        self.loss_scale = loss_scale
 
-    def forward(self, views: Views, step: int) -> MethodOutput:
-        if views.num_global != 2 or len(views.crops) != 2:
+    def forward(self, views: Views, step: StepInfo) -> MethodOutput:
+        if views.num_global != 2 or len(views.inputs) != 2:
             raise ValueError("SimCLR takes exactly two global views per sample")
         batch = views.batch_size
-        # One forward over both views, as in the reference implementation: BatchNorm statistics
-        # are computed over all 2B images.
-        z = self.projector(self.encoder(torch.cat(views.crops)).pooled)
+        z = self.projector(encode_views(self.encoder, views))
         z1, z2 = z[:batch], z[batch:]
         if self.gather_negatives and dist.is_distributed():
             # One collective for both views: (B, 2, D) from every process, in rank order.
@@ -66,5 +104,7 @@ class SimCLR(Method):
         with torch.no_grad():
             positive_similarity = torch.nn.functional.cosine_similarity(z1, z2).mean()
         return MethodOutput(
-            loss=loss, logs={"positive_similarity": positive_similarity}, embeddings=z1.detach()
+            loss=loss * self.loss_scale if self.loss_scale != 1.0 else loss,
+            logs={"positive_similarity": positive_similarity},
+            embeddings=z1.detach(),
         )

@@ -33,15 +33,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.optim import Optimizer
 
+from selfsup.errors import CheckpointError
 from selfsup.io import TMP_SUFFIX, atomic_path, fsync_directory
 
 FORMAT = "selfsup-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d{8,})\.json$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or not one of ours; the message names the file."""
 
 
 @dataclass

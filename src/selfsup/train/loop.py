@@ -1,10 +1,13 @@
 """The training loop: the one place where data, views, method, optimizer and checkpoints meet.
 
-Same code path on one CPU, one GPU and N processes under ``torchrun`` (DDP). Per optimizer step:
-``accumulate`` micro-batches, each ``views = policy(images, generator)`` then
-``method(views, step)`` under autocast, backward (gradient sync only on the last micro-batch),
-optional clipping, the optimizer step with the learning rate of the schedule, then
-``method.on_optimizer_step`` once (EMA teachers and the like).
+Same code path for every modality, on one CPU, one GPU and N processes under ``torchrun`` (DDP).
+Per optimizer step ``s``: ``accumulate`` micro-batches, each ``batch = dataset.batch(indices)``
+(decoded ahead by the prefetching loader when streaming), ``views = policy(batch, generator)``,
+``method(views, StepInfo(s, steps))`` under autocast and backward (gradient sync only on the last
+micro-batch); then a check that the loss was finite on every process, ``before_optimizer_step``,
+optional clipping, the optimizer step with the scheduled learning rate, and ``on_optimizer_step``
+once (EMA teachers and the like). What is built before the first step comes from
+:mod:`selfsup.build`; the loop knows no modality.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +30,25 @@ from tqdm import tqdm
 
 import selfsup
 from selfsup import dist
-from selfsup.augment import VIEW_POLICIES
-from selfsup.augment.base import ViewPolicy
-from selfsup.config import RUNTIME_KEYS, Config, ConfigError, differences, dump_config, load_config, validate
-from selfsup.data import load_images
-from selfsup.data.base import ImageDataset
-from selfsup.encoders import ENCODERS
+from selfsup.augment.base import InputTransform, ViewPolicy
+from selfsup.build import (
+    INPUTS_FILE,
+    build_encoder,
+    build_method,
+    build_policy,
+    fit_transform,
+    load_data,
+    load_inputs,
+    resolve_components,
+    save_inputs,
+)
+from selfsup.config import RUNTIME_KEYS, Config, differences, dump_config, load_config, validate
+from selfsup.data.base import Batch, Dataset, InMemoryDataset
+from selfsup.data.loader import PrefetchLoader, default_workers
+from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.io import save_tensors_atomic, write_text_atomic
-from selfsup.methods import METHODS, Method, MethodOutput
+from selfsup.methods import Method, MethodOutput, StepInfo
+from selfsup.modalities import get_modality
 from selfsup.sync_batchnorm import convert_sync_batchnorm
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.knn_monitor import KNNMonitor
@@ -50,6 +65,9 @@ from selfsup.train.runtime import autocast, resolve_device, resolve_precision, s
 from selfsup.train.sampler import StepSampler, view_seed
 from selfsup.train.schedules import warmup_cosine
 
+# In-memory data sets smaller than this live on the GPU: no loader, no host copies.
+GPU_RESIDENT_BYTES = 4 * 2**30
+
 
 @dataclass
 class RunResult:
@@ -57,28 +75,6 @@ class RunResult:
     step: int
     finished: bool
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def build_method(config: Config) -> Method:
-    """Encoder + method from the config (weights freshly initialised from the current RNG state)."""
-    encoder = ENCODERS.create(config.encoder.name, **config.encoder.params)
-    return METHODS.get(config.method.name)(encoder=encoder, **config.method.params)
-
-
-def crop_size(config: Config, image_side: int) -> int:
-    """Side of the views and of the evaluation inputs: ``augment.size``, else the decoded image side."""
-    return config.augment.size or image_side
-
-
-def load_training_data(config: Config, source: str | None = None) -> ImageDataset:
-    data = config.data
-    return load_images(
-        source or data.source,
-        image_size=data.image_size,
-        max_samples=data.max_samples if source is None else None,
-        strict=data.strict,
-        cache_dir=data.cache_dir,
-    )
 
 
 def scaled_learning_rate(config: Config) -> float:
@@ -89,6 +85,9 @@ def scaled_learning_rate(config: Config) -> float:
 def pretrain_run(config: Config, out: str | Path, *, resume: bool = False) -> RunResult:
     """Pretrain as ``config`` says, writing everything to the run directory ``out``."""
     validate(config)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; the run directory must be a new or existing folder")
     requested = config.train.device
     device_type = (
         "cuda"
@@ -97,7 +96,7 @@ def pretrain_run(config: Config, out: str | Path, *, resume: bool = False) -> Ru
     )
     initialised_here = dist.init_from_env(device_type)
     try:
-        return _pretrain(config, Path(out), resume)
+        return _pretrain(config, out, resume)
     finally:
         if initialised_here:
             dist.destroy()
@@ -119,8 +118,11 @@ def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> Path | None
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise ConfigError(f"cannot resume {run_dir} with a different configuration ({lines})")
     if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.mkdir(exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoints.mkdir(exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as error:
+            raise ConfigError(f"cannot create the run directory {run_dir}: {error}") from None
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
     dist.barrier()
     return latest
@@ -148,61 +150,71 @@ class Session:
     run_dir: Path
     device: torch.device
     amp_dtype: torch.dtype | None
-    dataset: ImageDataset
-    images: Tensor
+    dataset: Dataset
+    transform: InputTransform
     method: Method
     model: nn.Module  # the method, wrapped in DDP when distributed
     policy: ViewPolicy
     optimizer: torch.optim.Optimizer
-    sampler: StepSampler
+    sampler: StepSampler | None  # None for a 0-step run
     monitor: KNNMonitor | None
-    logger: MetricsLogger
     base_lr: float
     warmup: int
     knn_every: int
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)
+    logger: MetricsLogger | None = None
+    batches: Iterator[Batch] | None = None
+
+
+def _load_training_data(config: Config) -> tuple[Dataset, Dataset | None]:
+    """Training and validation data; with a disk cache the main process fills it before the others read it."""
+    if config.data.cache_dir and not dist.is_main():
+        dist.barrier()
+    dataset = load_data(config)
+    val = load_data(config, config.data.val) if config.data.val else None
+    if config.data.cache_dir and dist.is_main():
+        dist.barrier()
+    if val is not None and val.info.modality != dataset.info.modality:
+        raise DataError(
+            f"data.val holds {val.info.modality} samples but the training data holds {dataset.info.modality}"
+        )
+    return dataset, val
+
+
+def _input_transform(config: Config, run_dir: Path, dataset: Dataset, resuming: bool) -> InputTransform:
+    """Fitted (or configured) once when a run starts and stored in the run; a resumed run reads it back."""
+    if resuming and (run_dir / INPUTS_FILE).exists():
+        return load_inputs(run_dir)[1]
+    transform = fit_transform(config, dataset)
+    if dist.is_main():
+        save_inputs(run_dir, dataset.info, transform)
+    return transform
 
 
 def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     train, optim = config.train, config.optim
     device = resolve_device(train.device, dist.local_rank())
     amp_dtype = resolve_precision(train.precision, device)
+    dataset, val = _load_training_data(config)
+    config = resolve_components(config, dataset.info)
     latest = _prepare_run_dir(run_dir, config, resume)
-
-    # Data: decoded once; with a disk cache the main process fills it before the others read it.
-    if config.data.cache_dir and not dist.is_main():
-        dist.barrier()
-    dataset = load_training_data(config)
-    val = load_training_data(config, config.data.val) if config.data.val else None
-    if config.data.cache_dir and dist.is_main():
-        dist.barrier()
-    images = dataset.images
-    if device.type == "cuda" and images.numel() < 4 * 2**30:
-        images = images.to(device)  # small data sets live on the GPU: no loader, no host copies
+    transform = _input_transform(config, run_dir, dataset, latest is not None)
+    if device.type == "cuda" and isinstance(dataset, InMemoryDataset) and dataset.nbytes < GPU_RESIDENT_BYTES:
+        dataset = dataset.to(device)
 
     seed_everything(train.seed)  # identical initial weights on every process
-    method = build_method(config)
+    method = build_method(config, build_encoder(config, dataset.info))
     if train.sync_bn and dist.is_distributed():
         method = convert_sync_batchnorm(method)
     method.to(device)
-    if train.channels_last:
+    if train.channels_last and dataset.info.modality == "image":
         method.to(memory_format=torch.channels_last)
-    size = crop_size(config, dataset.image_size[0])
-    try:
-        policy = VIEW_POLICIES.create(
-            config.augment.policy or type(method).default_view_policy,
-            size=size,
-            mean=config.augment.mean,
-            std=config.augment.std,
-            **config.augment.params,
-        )
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"augment: {error}") from None
+    policy = build_policy(config, dataset.info, transform, method.encoder)
     base_lr = scaled_learning_rate(config)
     optimizer = build_optimizer(
         optim.name,
-        method,
+        method.parameter_groups(optim.weight_decay),
         lr=base_lr,
         weight_decay=optim.weight_decay,
         momentum=optim.momentum,
@@ -212,14 +224,19 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     model: nn.Module = method
     if dist.is_distributed():
         device_ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids)
-    sampler = StepSampler(
-        len(dataset),
-        train.batch_size,
-        seed=train.seed,
-        accumulate=train.accumulate,
-        world_size=dist.world_size(),
-    )
+        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids, **type(method).ddp_options)
+    sampler = None
+    if train.steps > 0:
+        try:
+            sampler = StepSampler(
+                len(dataset),
+                train.batch_size,
+                seed=train.seed,
+                accumulate=train.accumulate,
+                world_size=dist.world_size(),
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     monitor = None
     if dist.is_main():
         monitor = KNNMonitor.build(
@@ -227,9 +244,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
             val,
             max_samples=config.eval.monitor_samples,
             seed=train.seed,
-            size=size,
-            mean=config.augment.mean,
-            std=config.augment.std,
+            transform=transform,
             k=tuple(config.eval.knn_k),
             temperature=config.eval.knn_temperature,
             batch_size=config.eval.batch_size,
@@ -248,34 +263,44 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         device=device,
         amp_dtype=amp_dtype,
         dataset=dataset,
-        images=images,
+        transform=transform,
         method=method,
         model=model,
         policy=policy,
         optimizer=optimizer,
         sampler=sampler,
         monitor=monitor,
-        logger=MetricsLogger(run_dir, enabled=dist.is_main()),
         base_lr=base_lr,
         warmup=warmup,
         knn_every=train.knn_every if train.knn_every is not None else max(train.steps // 5, 1),
     )
     if latest is not None:
         _restore(session, latest)
+    # Opened after the restore: the metrics of steps after the checkpoint (a killed run) are dropped.
+    session.logger = MetricsLogger(run_dir, enabled=dist.is_main(), start_step=session.step)
     if dist.is_main():
         info = _run_info(config, device, amp_dtype)
         info["resumed_from_step"] = session.step
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        write_text_atomic(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         announce(config, dataset, val, device, amp_dtype, session.step)
     return session
 
 
 def _restore(session: Session, checkpoint: Path) -> None:
-    loaded = ckpt.load_checkpoint(checkpoint)
-    session.method.load_state_dict(loaded.model)
-    session.optimizer.load_state_dict(loaded.optimizer_state)
+    try:
+        loaded = ckpt.load_checkpoint(checkpoint)
+        session.method.load_state_dict(loaded.model)
+        session.optimizer.load_state_dict(loaded.optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it does not fit this run's model ({error})"
+        ) from None
     if "rng/cpu" in loaded.extra_tensors:
         torch.set_rng_state(loaded.extra_tensors["rng/cpu"])
+    if "rng/cuda" in loaded.extra_tensors and session.device.type == "cuda":
+        torch.cuda.set_rng_state(loaded.extra_tensors["rng/cuda"], session.device)
     session.step, session.history = loaded.step, loaded.state.get("history", {})
     if loaded.state.get("world_size", dist.world_size()) != dist.world_size():
         warnings.warn(
@@ -286,19 +311,18 @@ def _restore(session: Session, checkpoint: Path) -> None:
 def _save(session: Session) -> None:
     """Checkpoint the current step (main process), then wait for it on every process."""
     if dist.is_main():
-        epoch, position = session.sampler.position(session.step)
-        state = {
-            "history": session.history,
-            "world_size": dist.world_size(),
-            "data_epoch": epoch,
-            "data_position": position,
-        }
+        state: dict[str, Any] = {"history": session.history, "world_size": dist.world_size()}
+        if session.sampler is not None:
+            state["data_epoch"], state["data_position"] = session.sampler.position(session.step)
+        extra = {"rng/cpu": torch.get_rng_state()}
+        if session.device.type == "cuda":
+            extra["rng/cuda"] = torch.cuda.get_rng_state(session.device)
         ckpt.save_checkpoint(
             session.run_dir / "checkpoints",
             session.step,
             model=session.method.state_dict(),
             optimizer=session.optimizer,
-            extra_tensors={"rng/cpu": torch.get_rng_state()},
+            extra_tensors=extra,
             state=state,
             keep=session.config.train.keep_checkpoints,
         )
@@ -308,6 +332,7 @@ def _save(session: Session) -> None:
 def _run_knn(session: Session, bar: tqdm) -> None:
     """The kNN monitor (main process); every process calls this, since it holds a barrier."""
     if session.monitor is not None:
+        assert session.logger is not None
         results = session.monitor(session.method.encoder)
         session.logger.log(session.step, results, kind="knn")
         session.history.setdefault("knn", []).append({"step": session.step, **results})
@@ -316,38 +341,72 @@ def _run_knn(session: Session, bar: tqdm) -> None:
     dist.barrier()
 
 
+def _batches(session: Session, stop_at: int) -> PrefetchLoader:
+    """This process's micro-batches from the current step to ``stop_at``, in order (decoded ahead)."""
+    s, train = session, session.config.train
+    assert s.sampler is not None
+    sampler, rank = s.sampler, dist.rank()
+    schedule = (
+        sampler.indices(step, micro, rank)
+        for step in range(s.step, stop_at)
+        for micro in range(train.accumulate)
+    )
+    data = s.config.data
+    return PrefetchLoader(s.dataset, schedule, workers=data.workers or default_workers(), depth=data.prefetch)
+
+
+def _check_finite(bad: Tensor, step: int) -> None:
+    """Raise the same error on every process when any process saw a non-finite loss at this step.
+
+    Every process has run its backward (a NaN loss only poisons the averaged gradients), so no
+    process is left waiting in DDP's all-reduce; one tiny collective then tells them all.
+    """
+    flags = torch.zeros(dist.world_size(), device=bad.device)
+    flags[dist.rank()] = bad.float()
+    flags = dist.all_reduce_mean(flags)  # one small collective: which processes saw a bad loss
+    ranks = torch.nonzero(flags > 0).flatten().tolist()
+    if ranks:
+        where = f" on process(es) {ranks}" if dist.is_distributed() else ""
+        raise FloatingPointError(
+            f"the loss was not finite at step {step}{where}; no update was applied. Lower optim.lr, set "
+            "optim.clip_grad, or use train.precision=fp32"
+        )
+
+
 def _optimizer_step(session: Session, lr: float) -> tuple[MethodOutput, Tensor, Tensor | None]:
     """One optimizer step over ``accumulate`` micro-batches; returns the last output, the summed
     micro-batch losses and the gradient norm (when clipping)."""
     s, train = session, session.config.train
+    assert s.batches is not None
     rank, step = dist.rank(), session.step
+    info = StepInfo(step=step, total_steps=train.steps)
     set_learning_rate(s.optimizer, lr)
     loss_sum = torch.zeros((), device=s.device)
+    bad = torch.zeros((), dtype=torch.bool, device=s.device)
     for micro in range(train.accumulate):
-        indices = s.sampler.indices(step, micro, rank).to(s.images.device)
-        batch = s.images[indices].to(s.device, non_blocking=True)
+        batch = next(s.batches).to(s.device)
         generator = torch.Generator(device=s.device).manual_seed(view_seed(train.seed, step, micro, rank))
         views = s.policy(batch, generator)
         if train.channels_last:
-            views.crops = [_channels_last(c) for c in views.crops]
+            views.inputs = [_channels_last(x) for x in views.inputs]
         last_micro = micro == train.accumulate - 1
         # Gradients are averaged across processes once, on the last micro-batch.
         no_sync = s.model.no_sync() if dist.is_distributed() and not last_micro else contextlib.nullcontext()
         with no_sync:
             with autocast(s.device, s.amp_dtype):
-                output = s.model(views, step)
-            if not torch.isfinite(output.loss):
-                raise FloatingPointError(
-                    f"loss is {output.loss.item()} at step {step}; lower optim.lr or set optim.clip_grad"
-                )
+                output = s.model(views, info)
             (output.loss / train.accumulate).backward()
-        loss_sum += output.loss.detach()
+        loss = output.loss.detach()
+        bad |= ~torch.isfinite(loss)
+        loss_sum += loss
+    _check_finite(bad, step)
+    s.method.before_optimizer_step(info)
     clip = s.config.optim.clip_grad
     grad_norm = nn.utils.clip_grad_norm_(s.method.parameters(), clip) if clip is not None else None
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
     s.step += 1
-    s.method.on_optimizer_step(s.step, train.steps)
+    s.method.on_optimizer_step(info)
     return output, loss_sum, grad_norm
 
 
@@ -366,58 +425,83 @@ class _LogWindow:
         self.loss_sum += loss_sum  # no .item() here: a host sync per step would stall the GPU
 
 
+def _log_step(
+    s: Session, window: _LogWindow, output: MethodOutput, lr: float, grad_norm: Tensor | None
+) -> dict[str, Any]:
+    train = s.config.train
+    loss = dist.all_reduce_mean(window.loss_sum / (window.steps * train.accumulate)).item()
+    throughput = window.steps * train.batch_size / max(time.perf_counter() - window.start, 1e-9)
+    logs: dict[str, Any] = {"loss": loss, "lr": lr, "samples_per_s": throughput}
+    logs.update({k: to_scalar(v) for k, v in output.logs.items()})
+    if grad_norm is not None:
+        logs["grad_norm"] = float(grad_norm)
+    if output.embeddings is not None:
+        logs["embedding_std"] = normalized_embedding_std(output.embeddings)
+    assert s.logger is not None
+    s.logger.log(s.step, logs)
+    s.history.setdefault("loss", []).append([s.step, loss])
+    return logs
+
+
 def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     s = _build_session(config, run_dir, resume)
+    config = s.config  # resolved: the modality's default method and encoder filled in
     train, optim = config.train, config.optim
+    unit = get_modality(s.dataset.info.modality).unit
     collapse = CollapseDetector()
     stop_at = min(train.steps, s.step + train.stop_after) if train.stop_after else train.steps
     bar = progress_bar(train.steps, s.step, enabled=train.progress and dist.is_main())
     window, run_start, last_logs = _LogWindow(s.device), time.perf_counter(), {}
     s.model.train()
-    while s.step < stop_at:
-        lr = warmup_cosine(s.step, train.steps, s.base_lr, warmup_steps=s.warmup, final=optim.final_lr)
-        output, loss_sum, grad_norm = _optimizer_step(s, lr)
-        window.add(loss_sum)
-        bar.update(1)
-        step = s.step
-        if step % train.log_every == 0 or step == stop_at:
-            loss = dist.all_reduce_mean(window.loss_sum / (window.steps * train.accumulate)).item()
-            throughput = window.steps * train.batch_size / max(time.perf_counter() - window.start, 1e-9)
-            logs: dict[str, Any] = {"loss": loss, "lr": lr, "images_per_s": throughput}
-            logs.update({k: to_scalar(v) for k, v in output.logs.items()})
-            if grad_norm is not None:
-                logs["grad_norm"] = float(grad_norm)
-            if output.embeddings is not None:
-                logs["embedding_std"] = normalized_embedding_std(output.embeddings)
-                if step > s.warmup:
-                    collapse.update(logs["embedding_std"], step)
-            s.logger.log(step, logs)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{throughput:.0f}", lr=f"{lr:.3g}")
-            s.history.setdefault("loss", []).append([step, loss])
-            last_logs = logs
-            window.reset()
-        evaluated = bool(s.knn_every and step % s.knn_every == 0 and step < train.steps)
-        if evaluated:
-            _run_knn(s, bar)
-        saved = bool(train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at)
-        if saved:
-            _save(s)
-        if (evaluated or saved) and window.steps == 0:
-            window.reset()  # throughput counts training steps only
+    loader = _batches(s, stop_at) if s.step < stop_at else None
+    s.batches = iter(loader) if loader is not None else None
+    try:
+        while s.step < stop_at:
+            lr = warmup_cosine(s.step, train.steps, s.base_lr, warmup_steps=s.warmup, final=optim.final_lr)
+            output, loss_sum, grad_norm = _optimizer_step(s, lr)
+            window.add(loss_sum)
+            bar.update(1)
+            step = s.step
+            if step % train.log_every == 0 or step == stop_at:
+                last_logs = _log_step(s, window, output, lr, grad_norm)
+                if "embedding_std" in last_logs and step > s.warmup:
+                    collapse.update(last_logs["embedding_std"], step)
+                bar.set_postfix(
+                    loss=f"{last_logs['loss']:.4f}",
+                    **{f"{unit}/s": f"{last_logs['samples_per_s']:.0f}"},
+                    lr=f"{lr:.3g}",
+                )
+                window.reset()
+            evaluated = bool(s.knn_every and step % s.knn_every == 0 and step < train.steps)
+            if evaluated:
+                _run_knn(s, bar)
+            saved = bool(train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at)
+            if saved:
+                _save(s)
+            if (evaluated or saved) and window.steps == 0:
+                window.reset()  # throughput counts training steps only
+    finally:
+        if loader is not None:
+            loader.close()
     bar.close()
+    return _finish(s, run_start, last_logs)
 
-    finished = s.step >= train.steps
+
+def _finish(s: Session, run_start: float, last_logs: dict[str, Any]) -> RunResult:
+    config, run_dir = s.config, s.run_dir
+    finished = s.step >= config.train.steps
     if finished:  # the periodic monitor skips the last step, so this is its last run
-        _run_knn(s, bar)
+        _run_knn(s, progress_bar(0, 0, enabled=False))
     _save(s)
     summary: dict[str, Any] = {}
     if dist.is_main():
         summary = summarize(config, s.dataset, last_logs, s.history, s.step, time.perf_counter() - run_start)
         if finished:
             save_tensors_atomic(run_dir / "encoder.safetensors", s.method.encoder.state_dict())
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_report(run_dir, config, summary, s.history)
         print_summary(summary, finished)
+    assert s.logger is not None
     s.logger.close()
     dist.barrier()  # every process returns only once the run directory is complete
     return RunResult(run_dir=run_dir, step=s.step, finished=finished, summary=summary)

@@ -13,25 +13,38 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from selfsup.io import write_text_atomic
+
 
 class MetricsLogger:
     """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     Only the main process writes; other processes get a logger whose methods do nothing.
+
+    ``start_step`` is the step the run (re)starts from. A run killed after its last checkpoint has
+    logged steps that the resumed run will log again, so records after ``start_step`` are dropped
+    from ``metrics.jsonl`` (rewritten atomically) and TensorBoard is told to purge its events from
+    ``start_step + 1`` on (``SummaryWriter(purge_step=...)``): no step is ever logged twice.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True, start_step: int = 0
+    ) -> None:
         self.enabled = enabled
         self._file = None
         self._writer = None
         if not enabled:
             return
-        self._file = (run_dir / "metrics.jsonl").open("a", buffering=1)
+        path = run_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [r for r in _read_records(path) if int(r.get("step", 0)) <= start_step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = path.open("a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:  # tensorboard is a dependency, but stay usable without it
                 warnings.warn("tensorboard is not installed; metrics go to metrics.jsonl only", stacklevel=2)
 
@@ -60,12 +73,24 @@ def to_scalar(value: Any) -> Any:
     return value
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a metrics file (a last line cut off by a kill is dropped)."""
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def read_metrics(run_dir: Path, kind: str | None = "train") -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    return [r for r in _read_records(path) if kind is None or r.get("kind") == kind]
 
 
 def progress_bar(total: int, initial: int, *, enabled: bool, unit: str = "step") -> tqdm:

@@ -146,7 +146,7 @@ def _stack_norms(norms: list[Tensor]) -> Tensor:
 
 def build_optimizer(
     name: str,
-    module: nn.Module,
+    params: nn.Module | list[dict[str, Any]],
     *,
     lr: float,
     weight_decay: float,
@@ -154,10 +154,12 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eta: float = 0.001,
 ) -> Optimizer:
-    """Build ``"sgd"`` (momentum, no Nesterov), ``"adamw"`` or ``"lars"`` over :func:`param_groups`.
+    """Build ``"sgd"`` (momentum, no Nesterov), ``"adamw"`` or ``"lars"`` over parameter groups.
 
-    Norm weights and biases get no weight decay with every optimizer (and no LARS adaptation).
-    Each group gets ``lr_scale = 1.0`` and ``lr = lr * lr_scale``; the trainer then calls
+    ``params`` is a module (grouped by :func:`param_groups`: norm weights and biases get no weight
+    decay with every optimizer, and no LARS adaptation) or ready groups, such as a method's
+    :meth:`~selfsup.methods.base.Method.parameter_groups`. Each group keeps its ``lr_scale`` (1.0 when
+    absent) and gets ``lr = lr * lr_scale``; the trainer then calls
     :func:`set_learning_rate` every step. ``momentum`` is used by SGD and LARS, ``betas`` by
     AdamW, ``eta`` by LARS.
     """
@@ -168,9 +170,13 @@ def build_optimizer(
         )
     if not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr}")
-    groups = param_groups(module, weight_decay)
+    groups = (
+        param_groups(params, weight_decay) if isinstance(params, nn.Module) else [dict(g) for g in params]
+    )
+    if not groups:
+        raise ValueError("no parameter groups to optimize")
     for group in groups:
-        group["lr_scale"] = 1.0
+        group.setdefault("lr_scale", 1.0)
         group["lr"] = lr * group["lr_scale"]
     if key == "sgd":
         if not 0.0 <= momentum < 1.0:

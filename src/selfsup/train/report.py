@@ -10,7 +10,8 @@ import torch
 
 from selfsup import dist
 from selfsup.config import Config
-from selfsup.data.base import ImageDataset
+from selfsup.data.base import Dataset, describe
+from selfsup.io import write_atomic, write_text_atomic
 
 
 def plot_loss_curve(path: Path, points: list[list[float]], title: str) -> bool:
@@ -30,7 +31,7 @@ def plot_loss_curve(path: Path, points: list[list[float]], title: str) -> bool:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return True
 
@@ -61,22 +62,20 @@ def write_report(run_dir: Path, config: Config, summary: dict[str, Any], history
     if has_plot:
         lines += ["", "![loss curve](loss_curve.png)"]
     lines += ["", "Resolved configuration: `config.yaml`; metrics: `metrics.jsonl` and `tensorboard/`."]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def announce(
     config: Config,
-    dataset: ImageDataset,
-    val: ImageDataset | None,
+    dataset: Dataset,
+    val: Dataset | None,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     step: int,
 ) -> None:
-    h, w = dataset.image_size
-    labels = f"{dataset.labeled_fraction:.0%} labeled" if dataset.has_labels else "no labels"
     print(
         f"selfsup pretrain: {config.method.name} / {config.encoder.name} on {config.data.source} "
-        f"({len(dataset)} images {h}x{w}, {labels}); {dist.world_size()} process(es) on {device}, "
+        f"({describe(dataset)}); {dist.world_size()} process(es) on {device}, "
         f"{'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}"
         + (f"; resuming at step {step}" if step else ""),
         file=sys.stderr,
@@ -88,7 +87,7 @@ def announce(
 
 def summarize(
     config: Config,
-    dataset: ImageDataset,
+    dataset: Dataset,
     logs: dict[str, Any],
     history: dict[str, Any],
     step: int,
@@ -98,11 +97,12 @@ def summarize(
         "method": config.method.name,
         "encoder": config.encoder.name,
         "data": config.data.source,
-        "images": len(dataset),
+        "modality": dataset.info.modality,
+        "samples": len(dataset),
         "skipped_inputs": len(dataset.skipped),
         "steps": step,
         "final_loss": logs.get("loss"),
-        "images_per_s": logs.get("images_per_s"),
+        "samples_per_s": logs.get("samples_per_s"),
         "wall_seconds": round(seconds, 1),
     }
     if history.get("knn"):

@@ -1,0 +1,152 @@
+"""Construction: data, components, input transform and view policy from a config, in one place.
+
+The training loop, the Python API, the demo and the command line all build through these
+functions, so a run is assembled the same way whatever starts it:
+
+    dataset = load_data(config)                                  # any modality (selfsup.data)
+    config = resolve_components(config, dataset.info)            # fill defaults of the modality, validate
+    transform = fit_transform(config, dataset)                   # stored in the run as inputs.json
+    encoder = build_encoder(config, dataset.info)
+    method = build_method(config, encoder)
+    policy = build_policy(config, dataset.info, transform, encoder)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from selfsup.augment import VIEW_POLICIES
+from selfsup.augment.base import InputTransform, ViewPolicy
+from selfsup.config import Config, default_view_policy, from_dict, to_dict, validate
+from selfsup.data import load_dataset
+from selfsup.data.base import DataInfo, Dataset
+from selfsup.encoders import ENCODERS, Encoder
+from selfsup.errors import CheckpointError, ConfigError
+from selfsup.io import write_text_atomic
+from selfsup.methods import METHODS, Method
+from selfsup.modalities import get_modality, transform_from_dict
+
+INPUTS_FILE = "inputs.json"
+
+
+def load_data(config: Config, source: str | None = None) -> Dataset:
+    """The training data of ``config``, or ``source`` decoded with the same options (all of it)."""
+    data = config.data
+    return load_dataset(
+        source or data.source,
+        image_size=data.image_size,
+        max_samples=data.max_samples if source is None else None,
+        strict=data.strict,
+        cache_dir=data.cache_dir,
+        loading=data.loading,
+        memory_limit_gb=data.memory_limit_gb,
+    )
+
+
+def resolve_components(config: Config, info: DataInfo) -> Config:
+    """A copy of ``config`` with the modality's default method and encoder filled in, checked
+    against the data: every component must exist, take its options and fit the modality."""
+    modality = get_modality(info.modality)
+    resolved = from_dict(to_dict(config))
+    if resolved.method.name is None:
+        resolved.method.name = modality.default_method
+    if resolved.encoder.name is None:
+        resolved.encoder.name = modality.default_encoder
+    validate(resolved, info.modality)
+    encoder_modality = ENCODERS.metadata(resolved.encoder.name).get("modality")
+    if encoder_modality != info.modality:
+        choices = ", ".join(ENCODERS.names_where(modality=info.modality)) or "none registered"
+        raise ConfigError(
+            f"encoder {resolved.encoder.name!r} takes {encoder_modality} inputs, but the data holds "
+            f"{info.modality} samples; choose one of: {choices} (or omit --encoder)"
+        )
+    policy = resolved.augment.policy or default_view_policy(resolved.method.name, info.modality)
+    policy_modality = VIEW_POLICIES.metadata(policy).get("modality")
+    if policy_modality != info.modality:
+        choices = ", ".join(VIEW_POLICIES.names_where(modality=info.modality)) or "none registered"
+        raise ConfigError(
+            f"view policy {policy!r} makes {policy_modality} views, but the data holds {info.modality} "
+            f"samples; choose one of: {choices}"
+        )
+    return resolved
+
+
+def fit_transform(config: Config, dataset: Dataset) -> InputTransform:
+    """The run's input transform: configured (images) or fitted on the training data (vectors)."""
+    return get_modality(dataset.info.modality).fit_transform(dataset, config)
+
+
+def _provided(factory: Any, available: dict[str, Any]) -> dict[str, Any]:
+    """The builder-supplied arguments that ``factory`` declares (info, transform, encoder)."""
+    accepted = inspect.signature(factory).parameters
+    return {k: v for k, v in available.items() if k in accepted}
+
+
+def build_encoder(config: Config, info: DataInfo) -> Encoder:
+    """The encoder named by ``config`` for data described by ``info`` (weights from the current RNG)."""
+    name = config.encoder.name
+    if name is None:
+        raise ConfigError("encoder is not set; resolve_components fills it from the data's modality")
+    factory = ENCODERS.get(name)
+    try:
+        return factory(**_provided(factory, {"info": info}), **config.encoder.params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"encoder {name!r}: {error}") from None
+
+
+def build_method(config: Config, encoder: Encoder) -> Method:
+    name = config.method.name
+    if name is None:
+        raise ConfigError("method is not set; resolve_components fills it from the data's modality")
+    try:
+        return METHODS.get(name)(encoder=encoder, **config.method.params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"method {name!r}: {error}") from None
+
+
+def build_policy(config: Config, info: DataInfo, transform: InputTransform, encoder: Encoder) -> ViewPolicy:
+    assert config.method.name is not None
+    name = config.augment.policy or default_view_policy(config.method.name, info.modality)
+    factory = VIEW_POLICIES.get(name)
+    provided = _provided(factory, {"info": info, "transform": transform, "encoder": encoder})
+    try:
+        return factory(**provided, **config.augment.params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"augment ({name} view policy): {error}") from None
+
+
+def save_inputs(run_dir: Path, info: DataInfo, transform: InputTransform) -> None:
+    """Write what the encoder's inputs are (``inputs.json``): the data's info and the input transform."""
+    payload = {"info": info.to_dict(), "transform": transform.to_dict()}
+    write_text_atomic(run_dir / INPUTS_FILE, json.dumps(payload, indent=1) + "\n")
+
+
+def load_inputs(run_dir: Path) -> tuple[DataInfo, InputTransform]:
+    """Read a run's ``inputs.json`` (see :func:`save_inputs`)."""
+    path = run_dir / INPUTS_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir} lacks {INPUTS_FILE} (the data description and input normalization of the run); "
+            "it was not written by this version of selfsup, or pretraining never started"
+        )
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return DataInfo.from_dict(payload["info"]), transform_from_dict(payload["transform"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is corrupt: {error}") from None
+
+
+__all__ = [
+    "INPUTS_FILE",
+    "build_encoder",
+    "build_method",
+    "build_policy",
+    "fit_transform",
+    "load_data",
+    "load_inputs",
+    "resolve_components",
+    "save_inputs",
+]
