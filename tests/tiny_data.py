@@ -46,7 +46,9 @@ def tiny_vectors(n: int = 12, seed: int = 0, width: int = 10) -> InMemoryDataset
     # Columns on very different scales, as real tables have: the standardization must matter.
     x = torch.randn(n, width, generator=g) * torch.logspace(-2, 3, width) + torch.arange(width) * 10
     info = DataInfo(modality="vector", sample_shape=(width,), dtype="float32", classes=("a", "b", "c"))
-    return InMemoryDataset(x, torch.arange(n) % 3, [str(i) for i in range(n)], info=info, source="tiny:vector")
+    return InMemoryDataset(
+        x, torch.arange(n) % 3, [str(i) for i in range(n)], info=info, source="tiny:vector"
+    )
 
 
 TINY_DATA: dict[str, Callable[..., InMemoryDataset]] = {"image": tiny_images, "vector": tiny_vectors}

@@ -42,8 +42,9 @@ class DataConfig:
     """Decoded size above which `auto` streams; None: a quarter of the machine's RAM."""
     workers: int | None = None
     """Threads decoding streamed samples ahead of the step that needs them; None: the cores, at most 8."""
-    prefetch: int = 4
-    """Streamed micro-batches decoded ahead (bounded memory)."""
+    prefetch: int | None = None
+    """Streamed micro-batches decoded ahead, the one being waited for included (bounded memory);
+    None: max(4, 2 x workers), so that every worker thread has a batch to decode."""
     image_size: int | None = None
     """Decode images to this square size (shorter side, then center crop); None keeps a common native size."""
     max_samples: int | None = None
@@ -404,12 +405,15 @@ def validate(config: Config, modality: str | None = None) -> None:
         ("train.steps", t.steps, 0),
         ("train.batch_size", t.batch_size, 1),
         ("train.accumulate", t.accumulate, 1),
-        ("data.prefetch", config.data.prefetch, 1),
         ("train.log_every", t.log_every, 1),
         ("train.keep_checkpoints", t.keep_checkpoints, 1),
     ):
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
+    if config.data.prefetch is not None and config.data.prefetch < 1:
+        raise ConfigError(
+            f"data.prefetch must be at least 1 (or null for automatic), got {config.data.prefetch}"
+        )
     if config.data.workers is not None and config.data.workers < 1:
         raise ConfigError(
             f"data.workers must be at least 1 (or null for automatic), got {config.data.workers}"

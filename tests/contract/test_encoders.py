@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from selfsup.build import build_encoder, fit_transform
 from selfsup.config import Config
 from selfsup.encoders.base import ENCODERS, MASK_MODES, Encoder
-from selfsup.encoders.image import BasicBlock, Bottleneck, ResNet, SmallCNN
+from selfsup.encoders.image import BasicBlock, Bottleneck
 from selfsup.modalities import MODALITIES
 
 

@@ -29,7 +29,10 @@ BATCH, SIZE, WIDTH, STEPS = 8, 12, 6, 2
 # Options per method: BYOL's target moves by half its distance to the online network per update, so
 # an update missed (or doubled) on one rank changes the target far beyond the tolerance.
 OPTIONS = {"byol": {"base_momentum": 0.5, "final_momentum": 0.5}}
-ENCODER_FOR = {"image": ("small_cnn", {"width": 4}), "vector": ("mlp", {"in_features": WIDTH, "hidden_dim": 16})}
+ENCODER_FOR = {
+    "image": ("small_cnn", {"width": 4}),
+    "vector": ("mlp", {"in_features": WIDTH, "hidden_dim": 16}),
+}
 
 
 def _build(method_name: str, modality: str) -> nn.Module:
@@ -204,7 +207,9 @@ def test_trainer_on_two_processes_matches_one_for_vectors(tmp_path: Path) -> Non
     for name, value in single.items():
         if value.is_floating_point():
             scale = float(value.abs().max()) + 1e-12
-            np.testing.assert_allclose(ranks[0][name], value.numpy(), rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+            np.testing.assert_allclose(
+                ranks[0][name], value.numpy(), rtol=1e-4, atol=1e-4 * scale, err_msg=name
+            )
             np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
 
 
@@ -257,4 +262,3 @@ def test_torchrun_cli(tmp_path: Path) -> None:
     assert "2 process(es)" in done.stderr
     assert (tmp_path / "run" / "encoder.safetensors").exists()
     assert done.stdout.count("pretraining finished") == 1  # only the main process reports
-

@@ -157,6 +157,91 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     assert no_images.returncode == 2 and "Traceback" not in no_images.stderr
 
 
+def clean_failure(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit status 2, no traceback, and a message that names the problem."""
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and done.stderr.startswith("selfsup: error:"), done.stderr[-2000:]
+    for needle in needles:
+        assert needle in done.stderr, done.stderr[-2000:]
+
+
+def test_out_pointing_at_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("not a directory")
+    clean_failure(
+        selfsup("pretrain", "--data", "digits", "--out", str(target), "--steps", "1", *TINY_DIGITS),
+        "is a file",
+    )
+
+
+def test_a_batch_larger_than_the_data_is_a_clear_error(tmp_path: Path) -> None:
+    done = selfsup(
+        "pretrain", "--data", "digits:test", "--out", str(tmp_path / "r"), "--batch-size", "512", *TINY_DIGITS
+    )
+    clean_failure(done, "359 samples, fewer than one batch of 512", "--batch-size")
+
+
+def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = selfsup(
+        "pretrain", "--data", "digits", "--out", str(tmp_path / "r"), "--device", "cuda", *TINY_DIGITS
+    )
+    clean_failure(done, "no usable CUDA device", "--device cpu")
+
+
+def test_resuming_from_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--data", "digits:train", "--encoder", "small_cnn", "--out", str(run), "--batch-size", "64"]
+    first = selfsup("pretrain", *args, "--steps", "4", *TINY_DIGITS, "train.stop_after=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    tensors = run / "checkpoints" / "step_00000002.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])  # truncated, as by a full disk
+    clean_failure(selfsup("pretrain", *args, "--steps", "4", "--resume", *TINY_DIGITS), "step_00000002")
+
+
+def test_zero_steps_saves_the_random_initialisation_as_a_usable_run(tmp_path: Path) -> None:
+    """The random-initialisation row of every SSL table: `--steps 0` writes the initial encoder."""
+    import torch
+
+    from selfsup.build import build_encoder, resolve_components
+    from selfsup.config import load_config
+    from selfsup.data import load_dataset
+
+    run = tmp_path / "random"
+    done = selfsup(
+        "pretrain",
+        "--data",
+        "digits:train",
+        "--encoder",
+        "small_cnn",
+        "--out",
+        str(run),
+        "--steps",
+        "0",
+        "--seed",
+        "5",
+        *TINY_DIGITS,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pretraining finished" in done.stdout and "knn_top1@20" in done.stdout  # the baseline's kNN
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["final_loss"] is None
+    weights = load_file(str(run / "encoder.safetensors"))
+    config = load_config(run / "config.yaml")
+    torch.manual_seed(5)  # the initial weights are those of seed 5, as in a real run's first step
+    fresh = build_encoder(
+        resolve_components(config, load_dataset("digits:train").info), load_dataset("digits").info
+    )
+    assert all(torch.equal(weights[k], v) for k, v in fresh.state_dict().items())
+    embedded = selfsup("embed", "--run", str(run), "--data", "digits:test", "--out", str(tmp_path / "e.npz"))
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    knn = selfsup("eval", "knn", "--run", str(run), "--train", "digits:train", "--test", "digits:test")
+    assert knn.returncode == 0 and "knn_top1@20" in knn.stdout
+
+
 # --------------------------------------------------------------------------- real CIFAR-10 images
 
 

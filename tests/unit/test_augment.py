@@ -43,7 +43,7 @@ class _OnImages:
     def __init__(self, policy: MultiViewPolicy) -> None:
         self.policy = policy
 
-    def __call__(self, images: Tensor, generator: torch.Generator):  # noqa: ANN204
+    def __call__(self, images: Tensor, generator: torch.Generator):
         n = images.shape[0] if images.ndim else 0
         batch = Batch(inputs=images, labels=torch.full((n,), -1), indices=torch.arange(n))
         return self.policy(batch, generator)
@@ -855,9 +855,7 @@ def test_defaults_follow_the_papers() -> None:
 
 
 def test_options_accept_yaml_lists() -> None:
-    policy = make_policy(
-        "simclr", size=32, crop_scale=[0.2, 1.0], mean=[0.5, 0.5, 0.5], std=[0.5] * 3
-    )
+    policy = make_policy("simclr", size=32, crop_scale=[0.2, 1.0], mean=[0.5, 0.5, 0.5], std=[0.5] * 3)
     assert isinstance(policy.policy, MultiViewPolicy)
     assert policy.views[0].crop_scale == (0.2, 1.0) and policy.transform.mean == (0.5, 0.5, 0.5)
 
@@ -973,9 +971,7 @@ def test_policy_rotation_option() -> None:
         "blur_p": 0.0,
     }
     still = make_policy("simclr", size=16, **plain)(images, torch.Generator().manual_seed(0))
-    turned = make_policy("simclr", size=16, rotation=30.0, **plain)(
-        images, torch.Generator().manual_seed(0)
-    )
+    turned = make_policy("simclr", size=16, rotation=30.0, **plain)(images, torch.Generator().manual_seed(0))
     assert not torch.allclose(still.inputs[0], turned.inputs[0])
     with pytest.raises(ValueError, match="rotation"):
         make_policy("byol", size=16, rotation=-5)

@@ -68,7 +68,9 @@ def test_unknown_method_and_policy_option_fail_validation() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'simclr'"):
         validate(apply_overrides(Config(), ["method=simclf"]))
     with pytest.raises(ConfigError, match="augment.params"):
-        validate(apply_overrides(Config(), ["method=simclr", "augment.params={crop_scal: [0.2, 1.0]}"]), "image")
+        validate(
+            apply_overrides(Config(), ["method=simclr", "augment.params={crop_scal: [0.2, 1.0]}"]), "image"
+        )
     # Without the modality the default policy is not known yet: checked once the data is loaded.
     validate(apply_overrides(Config(), ["method=simclr", "augment.params={crop_scal: [0.2, 1.0]}"]))
     with pytest.raises(ConfigError, match="no default view policy for audio"):

@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from selfsup.augment import ImageTransform, VectorTransform
 from selfsup.data.base import Batch, DataInfo, Dataset, InMemoryDataset
-from selfsup.encoders.base import ENCODERS, Encoder, EncoderOutput, padding_mask_from_lengths, pool_hidden_state
+from selfsup.encoders.base import (
+    ENCODERS,
+    Encoder,
+    EncoderOutput,
+    padding_mask_from_lengths,
+    pool_hidden_state,
+)
 from selfsup.eval import extract_features
 from selfsup.eval.features import FrameFeatures, raw_input_features
 
@@ -55,7 +61,9 @@ def direct(encoder: Encoder, data: InMemoryDataset, size: int) -> tuple[Tensor, 
 def test_matches_direct_forward_for_any_batch_size(batch_size: int) -> None:
     encoder, data = make_encoder(), make_images(10)
     feats = extract_features(encoder, data, transform(), batch_size=batch_size)
-    assert isinstance(feats, Tensor) and feats.dtype == torch.float32 and feats.shape == (10, encoder.embed_dim)
+    assert (
+        isinstance(feats, Tensor) and feats.dtype == torch.float32 and feats.shape == (10, encoder.embed_dim)
+    )
     torch.testing.assert_close(feats, direct(encoder, data, 16)[0], rtol=1e-5, atol=1e-6)
 
 
@@ -160,7 +168,13 @@ class Ragged(Dataset):
         padded = torch.full((len(chosen), int(lengths.max()), chosen[0].shape[1]), 1e3)
         for row, seq in enumerate(chosen):
             padded[row, : len(seq)] = seq
-        return Batch(padded, self.labels[indices], indices, lengths, padding_mask_from_lengths(lengths, padded.shape[1]))
+        return Batch(
+            padded,
+            self.labels[indices],
+            indices,
+            lengths,
+            padding_mask_from_lengths(lengths, padded.shape[1]),
+        )
 
     def _fingerprint(self) -> str:
         return "ragged"
@@ -186,7 +200,9 @@ class TokenEncoder(Encoder):
         self.embed_dim, self.num_layers = 4, 2
         self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 4)
 
-    def forward(self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
+    ) -> EncoderOutput:
         h1 = torch.tanh(self.first(x))
         h2 = torch.tanh(self.second(h1))
         return EncoderOutput(pool_hidden_state(h2, padding_mask), h2, (x, h1, h2), padding_mask)

@@ -129,6 +129,8 @@ def test_byol_momentum_is_taken_at_the_step_before_the_update() -> None:
             p.add_(1.0)
     before = [p.clone() for p in method.target.module.encoder.parameters()]
     method.on_optimizer_step(step(9))
-    assert method.last_momentum == pytest.approx(cosine_momentum(9, 10, 0.9, 1.0)) and method.last_momentum < 1
+    assert (
+        method.last_momentum == pytest.approx(cosine_momentum(9, 10, 0.9, 1.0)) and method.last_momentum < 1
+    )
     after = list(method.target.module.encoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before))

@@ -44,3 +44,33 @@ def test_metrics_logger_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
     silent = MetricsLogger(tmp_path / "other", enabled=False)  # non-main processes write nothing
     silent.log(1, {"loss": 1.0})
     assert not (tmp_path / "other").exists()
+
+
+def test_knn_monitor_samples_a_class_sorted_validation_set_at_random() -> None:
+    """The queries are a seeded random sample, not the first N (a class-sorted folder would give a
+    curve over its first classes only)."""
+    import torch
+    from tiny_data import tiny_images
+
+    from selfsup.augment import ImageTransform
+    from selfsup.data.base import InMemoryDataset
+    from selfsup.train.knn_monitor import KNNMonitor
+
+    base = tiny_images(n=100)
+    ordered = InMemoryDataset(
+        base.inputs, torch.arange(100) // 10, base.ids, info=base.info, source="sorted"
+    )  # labels 0,0,...,1,1,...,9: sorted by class
+    options = dict(
+        transform=ImageTransform(16), k=(5,), temperature=0.07, batch_size=64, device=torch.device("cpu")
+    )
+    monitor = KNNMonitor.build(ordered, ordered, max_samples=20, seed=0, **options)
+    assert monitor is not None and len(monitor.query) == 20 and len(monitor.bank) == 20
+    assert len(set(monitor.query.labels.tolist())) >= 6  # the first 20 would hold classes 0 and 1 only
+    again = KNNMonitor.build(ordered, ordered, max_samples=20, seed=0, **options)
+    assert again is not None and again.query.ids == monitor.query.ids
+    other = KNNMonitor.build(ordered, ordered, max_samples=20, seed=1, **options)
+    assert other is not None and other.query.ids != monitor.query.ids
+    # Without a validation set the queries are a held-out fifth of the (random) bank.
+    held_out = KNNMonitor.build(ordered, None, max_samples=50, seed=0, **options)
+    assert held_out is not None and len(held_out.query) == 10 and len(held_out.bank) == 40
+    assert not set(held_out.query.ids) & set(held_out.bank.ids)

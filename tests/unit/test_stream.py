@@ -413,6 +413,18 @@ def test_close_releases_the_descriptors(shard_dir: Path) -> None:
     assert open_fds() == before
 
 
+def test_many_shards_are_opened_per_read(shard_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(stream, "MAX_OPEN_SHARDS", 1)
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    data = open_streaming_shards(shard_paths(shard_dir), source="s", image_size=8)
+    reference = in_memory_shards(shard_dir, 8)
+    batch = data.batch(torch.arange(len(data)))
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
+    if reference is not None:
+        assert torch.equal(batch.inputs, reference.batch(torch.arange(len(data))).inputs)
+
+
 def test_fingerprint_follows_the_files(shard_dir: Path) -> None:
     shards = shard_paths(shard_dir)
     first = open_streaming_shards(shards, source="s", image_size=8).fingerprint

@@ -39,8 +39,8 @@ class ViewAugmentation:
     ``crop_ratio``), the horizontal flip (``flip_p``) and a rotation (uniform in ±``rotation``
     degrees; 0 = none). Then colour jitter ``(brightness, contrast, saturation, hue)`` with
     probability ``jitter_p``, in a random order per image, with the maths of ``jitter_style``
-    (:data:`~selfsup.augment.functional.JITTER_STYLES`) → grayscale (``grayscale_p``) → Gaussian blur (``blur_p``, sigma
-    uniform in ``blur_sigma``) → solarize (``solarize_p``).
+    (:data:`~selfsup.augment.functional.JITTER_STYLES`) → grayscale (``grayscale_p``) → Gaussian
+    blur (``blur_p``, sigma uniform in ``blur_sigma``) → solarize (``solarize_p``).
     A step whose probability is 0 is skipped entirely (no random draws, no kernels).
     """
 
@@ -196,7 +196,9 @@ def _check_jitter(policy: str, name: str, jitter: tuple[float, ...]) -> None:
 
 def _jitter_style(policy: str, value: Any) -> str:
     if value not in AF.JITTER_STYLES:
-        raise ValueError(f"{policy}: jitter_style must be one of {', '.join(AF.JITTER_STYLES)}, got {value!r}")
+        raise ValueError(
+            f"{policy}: jitter_style must be one of {', '.join(AF.JITTER_STYLES)}, got {value!r}"
+        )
     return str(value)
 
 

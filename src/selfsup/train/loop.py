@@ -352,7 +352,9 @@ def _batches(session: Session, stop_at: int) -> PrefetchLoader:
         for micro in range(train.accumulate)
     )
     data = s.config.data
-    return PrefetchLoader(s.dataset, schedule, workers=data.workers or default_workers(), depth=data.prefetch)
+    workers = data.workers or default_workers()
+    depth = data.prefetch or max(4, 2 * workers)
+    return PrefetchLoader(s.dataset, schedule, workers=workers, depth=depth)
 
 
 def _check_finite(bad: Tensor, step: int) -> None:
