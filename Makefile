@@ -30,8 +30,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m '' tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench docs/examples
+	$(VENV)/bin/ruff format --check src tests bench docs/examples
 
 # CIFAR-10 shards to benchmark on (the project's copy sits beside the checkout).
 BENCH_DATA ?= ../shared/data/cifar10/train-000.tar

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -17,8 +19,8 @@ class Views:
 
     inputs: one tensor per view, ready for the encoder: ``(B, C, H, W)`` normalized images,
         ``(B, D)`` standardized vectors, ``(B, T, ...)`` padded sequences. The first ``num_global``
-        are the global views (same shape); any further ones are local views (multi-crop, may be
-        smaller).
+        are the global views (same shape, except that padded views may differ in ``T``); any further
+        ones are local views (multi-crop, may be smaller).
     padding_masks: None, or one entry per view: ``(B, T)`` bool, True at padded positions (None for
         a view of fixed-size samples). Padding never reaches a pooled output or a loss.
     masks: None, or one entry per view: ``(B, N)`` bool token masks, True where a token is masked
@@ -64,3 +66,23 @@ class Views:
     def mask(self, view: int) -> Tensor | None:
         """The ``(B, N)`` token mask of view ``view`` (None: nothing masked)."""
         return None if self.masks is None else self.masks[view]
+
+    def global_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The global views concatenated along the batch, ``(V·B, ...)``, with their padding mask
+        ``(V·B, T)`` (None when nothing is padded): one encoder pass over all of them, as SimCLR's
+        reference does (BatchNorm statistics over every view). Padded views of different lengths
+        are padded to the longest first."""
+        inputs = self.global_inputs
+        masks = [self.padding_mask(i) for i in range(len(inputs))]
+        if all(m is None for m in masks):
+            return torch.cat(inputs), None
+        if any(m is None for m in masks):
+            raise ValueError("either every global view has a padding mask or none has")
+        longest = max(x.shape[1] for x in inputs)
+        padded, padding = [], []
+        for x, m in zip(inputs, masks, strict=True):
+            extra = longest - x.shape[1]
+            # F.pad counts dimensions from the last: pad dim 1 of (B, T, *rest) at its end.
+            padded.append(F.pad(x, (0, 0) * (x.ndim - 2) + (0, extra)))
+            padding.append(F.pad(m, (0, extra), value=True))  # type: ignore[arg-type]
+        return torch.cat(padded), torch.cat(padding)

@@ -227,7 +227,7 @@ def _load_in_memory(
     max_samples: int | None,
     strict: bool,
     cache_dir: str | Path | None,
-) -> InMemoryDataset:
+) -> Dataset:
     factory = SOURCES.get(kind)
     inputs: Callable[[str], list[Path]] | None = getattr(factory, "inputs", None)
     files = inputs(rest) if inputs is not None else []
@@ -243,6 +243,8 @@ def _load_in_memory(
                 )
             return cached
     dataset = factory(rest, image_size=image_size, max_samples=max_samples, strict=strict)
+    if not isinstance(dataset, InMemoryDataset):  # a source with a data set type of its own
+        return dataset
     # The files and options determine the decoded data: the same key names its feature caches.
     dataset = InMemoryDataset(
         dataset.inputs,

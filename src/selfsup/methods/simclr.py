@@ -25,17 +25,6 @@ from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 AUTHORS_HEAD_INIT_STD = 0.01
 
 
-def encode_views(encoder: Encoder, views: Views) -> torch.Tensor:
-    """Pooled features ``(V·B, D)`` of all global views in one forward pass (BatchNorm statistics
-    over all of them, as in the reference implementations)."""
-    inputs = views.global_inputs
-    masks = [views.padding_mask(i) for i in range(len(inputs))]
-    padding = None if all(m is None for m in masks) else torch.cat([m for m in masks if m is not None])
-    if padding is not None and len(padding) != sum(len(x) for x in inputs):
-        raise ValueError("either every global view has a padding mask or none has")
-    return encoder(torch.cat(inputs), padding_mask=padding).pooled
-
-
 @METHODS.register("simclr")
 class SimCLR(Method):
     """SimCLR (Chen et al. 2020) with the authors' projection head.
@@ -91,7 +80,10 @@ class SimCLR(Method):
         if views.num_global != 2 or len(views.inputs) != 2:
             raise ValueError("SimCLR takes exactly two global views per sample")
         batch = views.batch_size
-        z = self.projector(encode_views(self.encoder, views))
+        # One forward over both views, as in the reference implementation: BatchNorm statistics
+        # are computed over all 2B samples.
+        x, padding = views.global_batch()
+        z = self.projector(self.encoder(x, padding_mask=padding).pooled)
         z1, z2 = z[:batch], z[batch:]
         if self.gather_negatives and dist.is_distributed():
             # One collective for both views: (B, 2, D) from every process, in rank order.
