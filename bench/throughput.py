@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace, precision: str, channels_last: bool) -> di
     with tempfile.TemporaryDirectory() as run_dir:
         pretrain_run(make_config(overrides=overrides), run_dir)
         records = read_metrics(Path(run_dir))
-    rates = [r["images_per_s"] for r in records if r["step"] > args.warmup]
+    rates = [r["samples_per_s"] for r in records if r["step"] > args.warmup]
     return {
         "images_per_s": statistics.median(rates),
         "spread": (max(rates) - min(rates)) / 2,

@@ -218,7 +218,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def extract(run_dir: Path, split: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+def extract(
+    run_dir: Path, split: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
     import selfsup
     from selfsup.eval.features import raw_input_features
 
@@ -252,7 +254,9 @@ def pretrain(split: dict[str, Any], out: Path, steps: int, args: argparse.Namesp
 
 
 def labels_of(split: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {name: np.load(split[name]["path"])["labels"].astype(np.int64) for name in ("train", "val", "test")}
+    return {
+        name: np.load(split[name]["path"])["labels"].astype(np.int64) for name in ("train", "val", "test")
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -296,8 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="SSL steps (default: the config's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--split", choices=("val", "test"), default="test", help="val: sweep mode, test untouched")
-    p.add_argument("--label-budgets", type=int, nargs="*", default=[1000, 100],
-                   help="few-label probes (stratified samples of the training rows); 'all' is always run")
+    p.add_argument(
+        "--label-budgets",
+        type=int,
+        nargs="*",
+        default=[1000, 100],
+        help="few-label probes (stratified samples of the training rows); 'all' is always run",
+    )
     p.add_argument("--c-grid", type=float, nargs="+", default=list(C_GRID))
     p.add_argument("--no-knn", action="store_true")
     p.add_argument("--skip-baselines", action="store_true", help="no random-init / raw rows (sweeps)")
@@ -349,16 +358,20 @@ def main(argv: list[str] | None = None) -> int:
         feats, raw, t_extract = extract(ssl_dir, split)
         record["extract_seconds"] = round(t_extract, 3)
         start = time.perf_counter()
-        record["ssl"] = probe_all(feats, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn)
+        record["ssl"] = probe_all(
+            feats, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn
+        )
         record["probe_seconds"] = round(time.perf_counter() - start, 2)
         if not args.skip_baselines:
             rand_dir = args.work / "runs" / f"{args.tag}-random-seed{seed}"
             pretrain(split, rand_dir, 0, args, seed)
             rfeats, _, _ = extract(rand_dir, split)
-            record["random"] = probe_all(rfeats, labels, args.split, budgets, tuple(args.c_grid), seed,
-                                         not args.no_knn)
-            record["raw"] = probe_all(raw, labels, args.split, budgets, tuple(args.c_grid), seed,
-                                      not args.no_knn)
+            record["random"] = probe_all(
+                rfeats, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn
+            )
+            record["raw"] = probe_all(
+                raw, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn
+            )
         results["seeds"][str(seed)] = record
         s = record["ssl"]["linear@all"]
         print(
