@@ -155,6 +155,17 @@ def _map_images(images: np.ndarray, image_size: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.uint8)
 
 
+def no_samples_error(source: str, skipped: list[tuple[str, str]]) -> DataError:
+    """The error for a source that gave no readable image, naming the first skipped input if any."""
+    if skipped:
+        first_id, first_reason = skipped[0]
+        return DataError(
+            f"no readable images in {source!r}: all {len(skipped)} inputs were skipped "
+            f"(first: {first_id}: {first_reason})"
+        )
+    return DataError(f"no images found in {source!r}. {SPEC_FORMS}")
+
+
 def build_dataset(
     images: np.ndarray | Sequence[np.ndarray],
     labels: Sequence[int] | np.ndarray,
@@ -167,13 +178,7 @@ def build_dataset(
 ) -> InMemoryDataset:
     """Stack ``(H, W, 3)`` uint8 images into an image :class:`InMemoryDataset`; they must share one size."""
     if len(ids) == 0:
-        if skipped:
-            first_id, first_reason = skipped[0]
-            raise DataError(
-                f"no readable images in {source!r}: all {len(skipped)} inputs were skipped "
-                f"(first: {first_id}: {first_reason})"
-            )
-        raise DataError(f"no images found in {source!r}. {SPEC_FORMS}")
+        raise no_samples_error(source, skipped)
     if isinstance(images, np.ndarray):
         stacked = images
     else:
@@ -237,4 +242,5 @@ __all__ = [
     "decode_stream",
     "error_reason",
     "image_info",
+    "no_samples_error",
 ]

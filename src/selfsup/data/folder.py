@@ -56,12 +56,12 @@ def _no_images_message(root: Path) -> str:
     )
 
 
-@register_source("folder", detect=lambda spec: spec_path(spec, "folder").is_dir(), inputs=_folder_inputs)
-def folder_source(
-    spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> InMemoryDataset:
-    """A folder of images, searched recursively; class sub-folders give labels."""
-    root = spec_path(spec, "folder")
+def scan_folder(root: Path) -> tuple[list[Path], list[str] | None]:
+    """The image files under ``root`` (see :func:`list_image_files`) and the class names: the sorted
+    direct sub-folders when every one holds images and no image sits at the top level, else None.
+
+    Raises DataError for a missing folder or one without images.
+    """
     if not root.is_dir():
         raise DataError(f"{str(root)!r} is not a folder. {SPEC_FORMS}")
     files = list_image_files(root)
@@ -71,6 +71,16 @@ def folder_source(
     top = {p.parts[0] for p in files if len(p.parts) > 1}
     loose = any(len(p.parts) == 1 for p in files)
     classes = subdirs if subdirs and not loose and top == set(subdirs) else None
+    return files, classes
+
+
+@register_source("folder", detect=lambda spec: spec_path(spec, "folder").is_dir(), inputs=_folder_inputs)
+def folder_source(
+    spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
+) -> InMemoryDataset:
+    """A folder of images, searched recursively; class sub-folders give labels."""
+    root = spec_path(spec, "folder")
+    files, classes = scan_folder(root)
     class_index = {name: i for i, name in enumerate(classes or [])}
     items = (
         Item(
@@ -86,4 +96,4 @@ def folder_source(
     )
 
 
-__all__ = ["folder_source", "list_image_files"]
+__all__ = ["folder_source", "list_image_files", "scan_folder"]

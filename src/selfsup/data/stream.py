@@ -913,16 +913,6 @@ def _raise_if_strict(strict: bool, skipped: list[tuple[str, str]]) -> None:
         )
 
 
-def _no_samples(source: str, skipped: list[tuple[str, str]]) -> DataError:
-    if skipped:
-        first_id, first_reason = skipped[0]
-        return DataError(
-            f"no readable images in {source!r}: all {len(skipped)} inputs were skipped "
-            f"(first: {first_id}: {first_reason})"
-        )
-    return DataError(f"no images found in {source!r}")
-
-
 def open_streaming_shards(
     shards: list[Path],
     *,
@@ -940,6 +930,7 @@ def open_streaming_shards(
     readable samples in source order (readable as far as the index tells: a sample whose image then
     fails to decode is substituted, see :class:`StreamingImageDataset`).
     """
+    from selfsup.data.assemble import no_samples_error
     from selfsup.data.shards import read_classes_txt
 
     shards = [Path(p) for p in shards]
@@ -956,7 +947,7 @@ def open_streaming_shards(
         index = index.head(max_samples)
     _raise_if_strict(strict, index.skipped)
     if len(index) == 0:
-        raise _no_samples(source, index.skipped)
+        raise no_samples_error(source, index.skipped)
     inputs = [*shards, *([classes_path] if classes else [])]
     return StreamingImageDataset(
         TarMemberReader(index),
@@ -985,19 +976,10 @@ def open_streaming_folder(
     ``max_samples`` keeps the first files in source order (a file that then fails to decode is
     substituted, see :class:`StreamingImageDataset`).
     """
-    from selfsup.data.folder import _no_images_message, list_image_files
+    from selfsup.data.folder import scan_folder
 
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{str(root)!r} is not a folder")
-    files = list_image_files(root)
-    if not files:
-        raise DataError(_no_images_message(root))
-    # The class rule of folder.py: every direct sub-folder holds images and none sits at the top.
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    top = {p.parts[0] for p in files if len(p.parts) > 1}
-    loose = any(len(p.parts) == 1 for p in files)
-    classes = subdirs if subdirs and not loose and top == set(subdirs) else None
+    files, classes = scan_folder(root)
     if max_samples is not None:
         files = files[:max_samples]
     class_index = {name: i for i, name in enumerate(classes or [])}
