@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -219,24 +220,36 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def extract(
-    run_dir: Path, split: dict[str, Any]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    run_dir: Path, split: dict[str, Any], hidden: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, dict[int, dict[str, np.ndarray]]]:
+    """Pooled features, standardized raw inputs, extraction seconds (pooled only) and, with
+    ``hidden``, every block's output ``{layer: {split: (N, C)}}`` (layers 1..num_layers)."""
     import selfsup
     from selfsup.eval.features import raw_input_features
 
     model = selfsup.load(run_dir)
     feats, raw = {}, {}
-    start = time.perf_counter()
+    layers: dict[int, dict[str, np.ndarray]] = {}
+    elapsed = 0.0
     for name in ("train", "val", "test"):
         dataset = model.load_data(split[name]["path"])
+        start = time.perf_counter()
         feats[name] = np.asarray(model.features(dataset, cache=False), dtype=np.float32)
+        elapsed += time.perf_counter() - start
         raw[name] = np.asarray(raw_input_features(dataset, model.transform), dtype=np.float32)
-    return feats, raw, time.perf_counter() - start
+        if hidden:
+            wanted = list(range(1, model.encoder.num_layers + 1))
+            per_layer = model.features(dataset, layers=wanted, cache=False)
+            for layer, values in per_layer.items():
+                layers.setdefault(layer, {})[name] = np.asarray(values, dtype=np.float32)
+    return feats, raw, elapsed, layers
 
 
 def pretrain(split: dict[str, Any], out: Path, steps: int, args: argparse.Namespace, seed: int) -> dict:
     import selfsup
 
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
     start = time.perf_counter()
     result = selfsup.pretrain(
         data=split["train"]["path"],
@@ -269,7 +282,11 @@ def _fmt(values: list[float]) -> str:
 
 
 def table(results: dict[str, Any], budgets: list[int | None], split: str) -> str:
-    kinds = [k for k in ("ssl", "random", "raw") if any(k in s for s in results["seeds"].values())]
+    first = next(iter(results["seeds"].values()))
+    layer_rows = sorted(k for k in first if k.startswith("ssl_layer"))
+    kinds = [
+        k for k in ("ssl", *layer_rows, "random", "raw") if any(k in s for s in results["seeds"].values())
+    ]
     header = ["representation", "dim"]
     for b in budgets:
         header += [f"acc@{b or 'all'}", f"AUC@{b or 'all'}"]
@@ -309,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--c-grid", type=float, nargs="+", default=list(C_GRID))
     p.add_argument("--no-knn", action="store_true")
+    p.add_argument(
+        "--probe-layers",
+        action="store_true",
+        help="also probe the SSL encoder's earlier blocks (rows ssl_layerK)",
+    )
     p.add_argument("--skip-baselines", action="store_true", help="no random-init / raw rows (sweeps)")
+    p.add_argument("--overwrite", action="store_true", help="replace this tag's run folders in WORK/runs")
     p.add_argument("--tag", default="ssl", help="name of this setting (run folders, JSON)")
     p.add_argument("--json", type=Path, default=None, help="default: WORK/results-TAG-SPLIT.json")
     p.add_argument("--config", default=None, help="a recipe name or path (e.g. simclr_vectors)")
@@ -355,17 +378,22 @@ def main(argv: list[str] | None = None) -> int:
         record: dict[str, Any] = {}
         ssl_dir = args.work / "runs" / f"{args.tag}-seed{seed}"
         record["ssl_run"] = pretrain(split, ssl_dir, args.steps, args, seed)
-        feats, raw, t_extract = extract(ssl_dir, split)
+        feats, raw, t_extract, hidden = extract(ssl_dir, split, args.probe_layers)
         record["extract_seconds"] = round(t_extract, 3)
         start = time.perf_counter()
         record["ssl"] = probe_all(
             feats, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn
         )
         record["probe_seconds"] = round(time.perf_counter() - start, 2)
+        for layer, layer_feats in hidden.items():  # the last block is the pooled output, probed above
+            if layer < len(hidden):
+                record[f"ssl_layer{layer}"] = probe_all(
+                    layer_feats, labels, args.split, budgets, tuple(args.c_grid), seed, False
+                )
         if not args.skip_baselines:
             rand_dir = args.work / "runs" / f"{args.tag}-random-seed{seed}"
             pretrain(split, rand_dir, 0, args, seed)
-            rfeats, _, _ = extract(rand_dir, split)
+            rfeats, _, _, _ = extract(rand_dir, split)
             record["random"] = probe_all(
                 rfeats, labels, args.split, budgets, tuple(args.c_grid), seed, not args.no_knn
             )

@@ -241,6 +241,31 @@ def test_a_nan_loss_on_one_process_stops_every_process_with_the_same_error(tmp_p
     assert "not finite at step 1 on process(es) [1]" in messages[0]
 
 
+def _ddp_options_worker(rank: int, world: int, out: str) -> dict[str, object]:
+    from selfsup.api import make_config
+    from selfsup.methods.simclr import SimCLR
+    from selfsup.train.loop import pretrain_run
+
+    recorded: dict[str, object] = {}
+    original = nn.parallel.DistributedDataParallel.__init__
+
+    def recording(self: nn.Module, module: nn.Module, *args: object, **kwargs: object) -> None:
+        recorded.update(kwargs)
+        original(self, module, *args, **kwargs)
+
+    nn.parallel.DistributedDataParallel.__init__ = recording  # type: ignore[method-assign]
+    SimCLR.ddp_options = {"broadcast_buffers": False}
+    pretrain_run(make_config(overrides=[*DETERMINISTIC, "train.steps=1"]), out)
+    return {k: v for k, v in recorded.items() if k == "broadcast_buffers"}
+
+
+def test_a_methods_ddp_options_reach_ddp(tmp_path: Path) -> None:
+    """e.g. a queue buffer must not be overwritten by rank 0's at every forward (broadcast_buffers)."""
+    assert (
+        run_in_processes(_ddp_options_worker, 2, str(tmp_path / "run")) == [{"broadcast_buffers": False}] * 2
+    )
+
+
 def test_torchrun_cli(tmp_path: Path) -> None:
     command = [
         sys.executable,

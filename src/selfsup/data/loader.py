@@ -34,6 +34,11 @@ def default_workers() -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, cores))
 
 
+def default_depth(workers: int) -> int:
+    """Batches in flight by default: two per worker (the one being waited for counts), at least 4."""
+    return max(4, 2 * workers)
+
+
 class PrefetchLoader(Iterator[Batch]):
     """Yields ``dataset.batch(indices)`` for each ``indices`` of ``schedule``, in schedule order.
 

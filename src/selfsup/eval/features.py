@@ -32,7 +32,7 @@ from torch import Tensor
 
 from selfsup.augment.base import InputTransform
 from selfsup.data.base import Dataset
-from selfsup.data.loader import PrefetchLoader, default_workers
+from selfsup.data.loader import PrefetchLoader, default_depth, default_workers
 from selfsup.encoders.base import Encoder, pool_hidden_state
 from selfsup.eval.cache import EntryWriter, feature_key, read_entry, weights_fingerprint
 
@@ -143,7 +143,7 @@ def extract_features(
     amp_dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> Extracted:
     """Features of every sample of ``dataset`` (in order) from ``encoder`` in eval mode.
 
@@ -209,7 +209,7 @@ def _run(
     amp_dtype: torch.dtype | None,
     sink: Any,
     workers: int | None,
-    prefetch: int,
+    prefetch: int | None,
 ) -> dict[str, Tensor]:
     n = len(dataset)
     autocast = (
@@ -224,7 +224,9 @@ def _run(
     flags = [(m, m.training) for m in encoder.modules()]
     encoder.eval()
     schedule = [torch.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
-    loader = PrefetchLoader(dataset, schedule, workers=workers or default_workers(), depth=prefetch)
+    threads = workers or default_workers()
+    depth = prefetch or default_depth(threads)
+    loader = PrefetchLoader(dataset, schedule, workers=threads, depth=depth, pin_memory=dev.type == "cuda")
     try:
         start = 0
         for batch in loader:

@@ -44,7 +44,7 @@ from selfsup.build import (
 )
 from selfsup.config import RUNTIME_KEYS, Config, differences, dump_config, load_config, validate
 from selfsup.data.base import Batch, Dataset, InMemoryDataset
-from selfsup.data.loader import PrefetchLoader, default_workers
+from selfsup.data.loader import PrefetchLoader, default_depth, default_workers
 from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.io import save_tensors_atomic, write_text_atomic
 from selfsup.methods import Method, MethodOutput, StepInfo
@@ -353,8 +353,9 @@ def _batches(session: Session, stop_at: int) -> PrefetchLoader:
     )
     data = s.config.data
     workers = data.workers or default_workers()
-    depth = data.prefetch or max(4, 2 * workers)
-    return PrefetchLoader(s.dataset, schedule, workers=workers, depth=depth)
+    depth = data.prefetch or default_depth(workers)
+    pin = s.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+    return PrefetchLoader(s.dataset, schedule, workers=workers, depth=depth, pin_memory=pin)
 
 
 def _check_finite(bad: Tensor, step: int) -> None:
