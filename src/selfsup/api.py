@@ -159,6 +159,7 @@ class Pretrained:
         layers: list[int] | None = None,
         batch_size: int | None = None,
         cache: bool = True,
+        progress: bool = True,
     ) -> Any:
         """Features of every sample of ``data`` (see :func:`selfsup.eval.features.extract_features`):
         pooled ``(N, D)`` by default, or ``{layer: (N, C)}``. Cached under ``RUN/features/`` unless
@@ -173,6 +174,7 @@ class Pretrained:
             device=self.device,
             cache_dir=self.run_dir / "features" if cache else None,
             workers=self.config.data.workers,
+            progress=progress,
         )
 
     def embed(self, data: str | Dataset, batch_size: int | None = None) -> Embeddings:

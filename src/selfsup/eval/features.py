@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from selfsup.augment.base import InputTransform
 from selfsup.data.base import Dataset
 from selfsup.data.loader import PrefetchLoader, default_depth, default_workers
-from selfsup.encoders.base import Encoder, pool_hidden_state
+from selfsup.encoders.base import Encoder, EncoderOutput, pool_hidden_state
 from selfsup.eval.cache import EntryWriter, feature_key, read_entry, weights_fingerprint
 
 POOLINGS = ("mean", "none")
@@ -144,13 +146,15 @@ def extract_features(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     prefetch: int | None = None,
+    progress: bool = False,
 ) -> Extracted:
     """Features of every sample of ``dataset`` (in order) from ``encoder`` in eval mode.
 
     Each batch goes through ``transform`` (the run's deterministic input transform) on ``device``
     (where the encoder must already be), then the encoder, under autocast with ``amp_dtype`` if
     given. Every module's training flag is restored afterwards. The result does not depend on
-    ``batch_size``. See the module docstring for the shapes returned.
+    ``batch_size``. See the module docstring for the shapes returned. ``progress`` shows a bar with
+    throughput and ETA on stderr.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -178,9 +182,10 @@ def extract_features(
 
     sink: Any = EntryWriter(Path(cache_dir), key) if cache_dir is not None and key is not None else _RamSink()
     try:
-        arrays = _run(
-            encoder, dataset, transform, wanted, pooling, batch_size, dev, amp_dtype, sink, workers, prefetch
-        )
+        keys: list[int | None] = [None] if wanted is None else list(wanted)
+        collector = _Collector(sink, len(dataset), keys, pooling, encoder.embed_dim)
+        loading = _Loading(batch_size, workers, prefetch, progress)
+        arrays = _run(encoder, dataset, transform, collector, loading, dev, amp_dtype)
         if isinstance(sink, EntryWriter):
             sink.commit({"layers": wanted, "pooling": pooling, "stack": stack, "samples": len(dataset)})
             entry = read_entry(Path(cache_dir), key)  # type: ignore[arg-type]
@@ -198,18 +203,64 @@ def _name(layer: int | None) -> str:
     return "pooled" if layer is None else f"layer{layer}"
 
 
+class _Collector:
+    """Receives each batch's encoder output and writes the requested features into ``sink``."""
+
+    def __init__(self, sink: Any, n: int, keys: list[int | None], pooling: str, embed_dim: int) -> None:
+        self.sink, self.n, self.keys, self.pooling, self.embed_dim = sink, n, keys, pooling, embed_dim
+        self.results: dict[str, Tensor] = {}
+        self.lengths = sink.allocate("lengths", (n,), "int64") if pooling == "none" else None
+        self.widths: dict[str, tuple[int, ...]] = {}
+
+    def add(self, out: EncoderOutput, start: int) -> None:
+        for layer in self.keys:
+            name = _name(layer)
+            hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            if self.pooling == "mean":
+                feats = out.pooled if layer is None else pool_hidden_state(hidden, out.padding_mask)
+                if name not in self.results:
+                    self.results[name] = self.sink.allocate(name, (self.n, feats.shape[1]))
+                self.results[name][start : start + feats.shape[0]] = feats.float().cpu()
+            else:
+                frames, counts = _frames(hidden, out.padding_mask)
+                self.widths[name] = tuple(frames.shape[1:])
+                self.sink.append(name, frames.cpu())
+                assert self.lengths is not None
+                self.lengths[start : start + counts.shape[0]] = counts.cpu()
+
+    def finish(self) -> dict[str, Tensor]:
+        results = dict(self.results)
+        if self.n == 0 and self.pooling == "mean":
+            for layer in self.keys:
+                width = self.embed_dim if layer is None else 0
+                results[_name(layer)] = self.sink.allocate(_name(layer), (0, width))
+        if self.pooling == "none":
+            assert self.lengths is not None
+            results["lengths"] = self.lengths
+            if isinstance(self.sink, _RamSink):
+                for layer in self.keys:
+                    name = _name(layer)
+                    width = self.widths.get(name, (self.embed_dim,))
+                    results[name] = self.sink.appended(name, width, torch.float32)
+        return results
+
+
+@dataclass(frozen=True)
+class _Loading:
+    batch_size: int
+    workers: int | None
+    prefetch: int | None
+    progress: bool
+
+
 def _run(
     encoder: Encoder,
     dataset: Dataset,
     transform: InputTransform,
-    wanted: list[int] | None,
-    pooling: str,
-    batch_size: int,
+    collector: _Collector,
+    loading: _Loading,
     dev: torch.device,
     amp_dtype: torch.dtype | None,
-    sink: Any,
-    workers: int | None,
-    prefetch: int | None,
 ) -> dict[str, Tensor]:
     n = len(dataset)
     autocast = (
@@ -217,56 +268,31 @@ def _run(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    keys: list[int | None] = [None] if wanted is None else list(wanted)
-    results: dict[str, Tensor] = {}
-    lengths = sink.allocate("lengths", (n,), "int64") if pooling == "none" else None
-    widths: dict[str, tuple[int, ...]] = {}
     flags = [(m, m.training) for m in encoder.modules()]
     encoder.eval()
-    schedule = [torch.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
-    threads = workers or default_workers()
-    depth = prefetch or default_depth(threads)
+    size = loading.batch_size
+    schedule = [torch.arange(s, min(n, s + size)) for s in range(0, n, size)]
+    threads = loading.workers or default_workers()
+    depth = loading.prefetch or default_depth(threads)
     loader = PrefetchLoader(dataset, schedule, workers=threads, depth=depth, pin_memory=dev.type == "cuda")
+    bar = tqdm(
+        total=n, unit="sample", desc="features", disable=not loading.progress, file=sys.stderr, leave=False
+    )
     try:
         start = 0
         for batch in loader:
             x, padding_mask = transform(batch.to(dev))
             with autocast:
                 out = encoder(x, padding_mask=padding_mask)
-            for layer in keys:
-                hidden = out.last_hidden_state if (layer is None and pooling == "none") else None
-                if layer is not None:
-                    hidden = out.hidden_states[layer]
-                name = _name(layer)
-                if pooling == "mean":
-                    feats = out.pooled if layer is None else pool_hidden_state(hidden, out.padding_mask)
-                    if name not in results:
-                        results[name] = sink.allocate(name, (n, feats.shape[1]))
-                    results[name][start : start + feats.shape[0]] = feats.float().cpu()
-                else:
-                    assert hidden is not None
-                    frames, counts = _frames(hidden, out.padding_mask)
-                    widths[name] = tuple(frames.shape[1:])
-                    sink.append(name, frames.cpu())
-                    assert lengths is not None
-                    lengths[start : start + counts.shape[0]] = counts.cpu()
+            collector.add(out, start)
             start += len(batch)
+            bar.update(len(batch))
     finally:
+        bar.close()
         loader.close()
         for module, training in flags:
             module.training = training
-    if n == 0 and pooling == "mean":
-        for layer in keys:
-            width = encoder.embed_dim if layer is None else 0
-            results[_name(layer)] = sink.allocate(_name(layer), (0, width))
-    if pooling == "none":
-        assert lengths is not None
-        results["lengths"] = lengths
-        if isinstance(sink, _RamSink):
-            for layer in keys:
-                name = _name(layer)
-                results[name] = sink.appended(name, widths.get(name, (encoder.embed_dim,)), torch.float32)
-    return results
+    return collector.finish()
 
 
 def _assemble(arrays: dict[str, Tensor], wanted: list[int] | None, stack: bool, pooling: str) -> Extracted:
