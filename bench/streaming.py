@@ -120,10 +120,8 @@ def main() -> None:
     print("\n| path | images/s (median ± half-range) | peak RSS (GiB) | streamed |")
     print("|---|---|---|---|")
     for name, result in rows:
-        print(
-            f"| {name} | {result['images_per_s']:.1f} ± {result['spread']:.1f} | {result['peak_rss_gib']:.2f} "
-            f"| {result['streamed']} |"
-        )
+        rate = f"{result['images_per_s']:.1f} ± {result['spread']:.1f}"
+        print(f"| {name} | {rate} | {result['peak_rss_gib']:.2f} | {result['streamed']} |")
     for name, result in rows:
         print(f"{name}: {result['first_line']}")
     print(json.dumps({name: result for name, result in rows}, indent=1))

@@ -20,8 +20,9 @@ only to choose settings — and, for every seed:
 ``--split val`` is the sweep mode: nothing touches the test rows; the score is the validation score
 at the best C of the grid (the same optimism for every row of a sweep).
 
-Prints a table (mean ± std over seeds) and writes every number to ``WORK/results.json``
-(or ``--json``).
+Prints a table (mean ± std over seeds) and writes every number (per seed, per C, per label
+budget, with the command and the split) to ``WORK/results-TAG-SPLIT.json`` (or ``--json``). Each
+setting's runs go to ``WORK/runs/TAG-seedN`` (``--overwrite`` replaces them).
 
     python bench/vector_probe.py --work /tmp/vp/defaults --seeds 0 1 2 --steps 1000
     python bench/vector_probe.py --work /tmp/vp/sweep --split val --seeds 0 --steps 500 \\
@@ -245,7 +246,9 @@ def extract(
     return feats, raw, elapsed, layers
 
 
-def pretrain(split: dict[str, Any], out: Path, steps: int, args: argparse.Namespace, seed: int) -> dict:
+def pretrain(
+    split: dict[str, Any], out: Path, steps: int | None, args: argparse.Namespace, seed: int
+) -> dict:
     import selfsup
 
     if out.exists() and args.overwrite:
@@ -273,6 +276,16 @@ def labels_of(split: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -350,14 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     split = write_split(args.data, args.label, args.work)
     labels = labels_of(split)
     budgets: list[int | None] = [None, *args.label_budgets]
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "tag": args.tag,
         "split": {k: v for k, v in split.items() if k != "columns"},

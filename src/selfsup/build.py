@@ -35,8 +35,11 @@ INPUTS_FILE = "inputs.json"
 def load_data(config: Config, source: str | None = None) -> Dataset:
     """The training data of ``config``, or ``source`` decoded with the same options (all of it)."""
     data = config.data
+    spec = source or data.source
+    if not spec:
+        raise ConfigError("no data source given: set data.source (--data)")
     return load_dataset(
-        source or data.source,
+        spec,
         image_size=data.image_size,
         max_samples=data.max_samples if source is None else None,
         strict=data.strict,
@@ -61,7 +64,8 @@ def resolve_components(config: Config, info: DataInfo) -> Config:
         choices = ", ".join(ENCODERS.names_where(modality=info.modality)) or "none registered"
         raise ConfigError(
             f"encoder {resolved.encoder.name!r} takes {encoder_modality} inputs, but the data holds "
-            f"{info.modality} samples; choose one of: {choices} (or omit --encoder)"
+            f"{info.modality} samples; use one of: {choices} (or leave the encoder unset: the default for "
+            f"{info.modality} data is {modality.default_encoder!r})"
         )
     policy = resolved.augment.policy or default_view_policy(resolved.method.name, info.modality)
     policy_modality = VIEW_POLICIES.metadata(policy).get("modality")

@@ -34,8 +34,9 @@ class Component:
 
 @dataclass
 class DataConfig:
-    source: str = "digits"
-    """What to pretrain on: a folder, tar shards (path, list, glob), a CIFAR pickle dir, .npy/.npz, digits."""
+    source: str | None = None
+    """What to pretrain on (required): a folder, tar shards (path, list, glob), a CIFAR pickle dir,
+    .npy/.npz, digits."""
     loading: str = "auto"
     """memory (decode once), stream (decode on demand: folders, tar shards) or auto (stream when too big)."""
     memory_limit_gb: float | None = None

@@ -99,7 +99,10 @@ def test_two_processes_match_one_process(method_name: str, modality: str) -> Non
                 result["grads"][name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
             )
         for name, value in single["state"].items():
-            np.testing.assert_allclose(result["state"][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+            scale = float(np.abs(value).max()) + 1e-12
+            np.testing.assert_allclose(
+                result["state"][name], value, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
+            )
 
 
 # --------------------------------------------------------------------------- trainer level
@@ -118,7 +121,9 @@ DETERMINISTIC = [
     # The authors' head (a BatchNorm after the last Linear, weights N(0, 0.01²)) amplifies fp32
     # rounding ~40x over these 3 steps: a 1-thread and a 2-thread single-process run then differ by 1%
     # (3e-4 with the plain head). The method-level test above covers the authors' head exactly.
+    # A temperature of 0.1 (the default) amplifies it further; 0.5 keeps the comparison sharp.
     "method.head_last_bn=false",
+    "method.temperature=0.5",
     "train.steps=3",
     "train.batch_size=32",
     # SGD: LARS normalises each update, which amplifies fp32 rounding (a 1-thread and a 2-thread

@@ -136,7 +136,7 @@ def test_list_shows_every_registry() -> None:
     ):
         assert name in done.stdout
     verbose = selfsup("list", "methods", "-v")
-    assert verbose.returncode == 0 and "temperature = 0.5" in verbose.stdout
+    assert verbose.returncode == 0 and "temperature = 0.1" in verbose.stdout
     assert "base_momentum = 0.996" in verbose.stdout
 
 

@@ -121,10 +121,17 @@ def test_top5_by_hand() -> None:
 
 def test_top5_ignores_classes_without_votes() -> None:
     # k=1: only class 0 gets a vote; class 1 (score 0) is never counted as a top-5 hit.
-    train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    probe = KNNProbe(k=1).fit(train, torch.tensor([0, 1]))
-    metrics = probe.evaluate(torch.tensor([[1.0, 0.1]]), torch.tensor([1]))
+    train = torch.eye(6)
+    probe = KNNProbe(k=1).fit(train, torch.arange(6))
+    query = torch.tensor([[1.0, 0.1, 0.0, 0.0, 0.0, 0.0]])
+    metrics = probe.evaluate(query, torch.tensor([1]))
     assert metrics == {"knn_top1@1": 0.0, "knn_top5@1": 0.0}
+
+
+def test_top5_is_reported_only_with_more_than_five_classes() -> None:
+    """With five classes or fewer, every test sample is a top-5 hit: the number says nothing."""
+    train, labels, test, targets = random_problem(n=30, m=10, d=4, classes=5, seed=3)
+    assert list(KNNProbe(k=5).fit(train, labels).evaluate(test, targets)) == ["knn_top1@5"]
 
 
 # --- chunking and references ---------------------------------------------------------------
@@ -159,13 +166,13 @@ def test_probe_matches_reference_accuracy() -> None:
 
 
 def test_default_probe_reports_k20_and_k200() -> None:
-    train, labels, test, targets = random_problem(n=30, m=10, d=4, classes=3, seed=3)
+    train, labels, test, targets = random_problem(n=30, m=10, d=4, classes=7, seed=3)
     metrics = KNNProbe().fit(train, labels).evaluate(test, targets)
     assert list(metrics) == ["knn_top1@20", "knn_top5@20", "knn_top1@200", "knn_top5@200"]
-    # Only 3 classes, so top-5 covers every voted class; k=200 is clamped to the 30 samples.
-    assert metrics["knn_top5@200"] == 100.0
-    ref = reference_scores(train.numpy(), labels.numpy(), test.numpy(), 30, 0.07, 3)
+    # k=200 is clamped to the 30 samples.
+    ref = reference_scores(train.numpy(), labels.numpy(), test.numpy(), 30, 0.07, 7)
     assert metrics["knn_top1@200"] == pytest.approx(reference_accuracy(ref, targets.numpy(), 1))
+    assert metrics["knn_top5@200"] == pytest.approx(reference_accuracy(ref, targets.numpy(), 5))
 
 
 def test_k_larger_than_train_set_is_clamped() -> None:

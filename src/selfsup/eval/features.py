@@ -275,8 +275,15 @@ def _run(
     threads = loading.workers or default_workers()
     depth = loading.prefetch or default_depth(threads)
     loader = PrefetchLoader(dataset, schedule, workers=threads, depth=depth, pin_memory=dev.type == "cuda")
+    # Shown only once extraction has taken 2 s: small sets (and the kNN monitor) stay quiet.
     bar = tqdm(
-        total=n, unit="sample", desc="features", disable=not loading.progress, file=sys.stderr, leave=False
+        total=n,
+        unit="sample",
+        desc="features",
+        disable=not loading.progress,
+        file=sys.stderr,
+        leave=False,
+        delay=2.0,
     )
     try:
         start = 0

@@ -233,7 +233,8 @@ def _hits(scores: Tensor, target: Tensor, top: int) -> Tensor:
 class KNNProbe:
     """Weighted kNN probe (Wu et al. 2018; DINO's protocol): ``fit`` stores L2-normalized labeled
     features, ``evaluate`` returns ``{"knn_top1@k": %, "knn_top5@k": %}`` for each k, over the test
-    samples whose label is not -1. The number of classes is ``max(train label) + 1``."""
+    samples whose label is not -1 (top-5 only with more than 5 classes: with fewer it is always 100).
+    The number of classes is ``max(train label) + 1``."""
 
     def __init__(
         self, k: int | Sequence[int] = (20, 200), temperature: float = 0.07, chunk_size: int = 1024
@@ -305,7 +306,8 @@ class KNNProbe:
         metrics: dict[str, float] = {}
         for k in self.ks:
             metrics[f"knn_top1@{k}"] = 100.0 * correct1[k] / num_test
-            metrics[f"knn_top5@{k}"] = 100.0 * correct5[k] / num_test
+            if self.num_classes > 5:
+                metrics[f"knn_top5@{k}"] = 100.0 * correct5[k] / num_test
         return metrics
 
 

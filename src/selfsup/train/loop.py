@@ -85,6 +85,11 @@ def scaled_learning_rate(config: Config) -> float:
 def pretrain_run(config: Config, out: str | Path, *, resume: bool = False) -> RunResult:
     """Pretrain as ``config`` says, writing everything to the run directory ``out``."""
     validate(config)
+    if not config.data.source:
+        raise ConfigError(
+            "no data to pretrain on: pass --data SPEC (e.g. --data digits:train, scikit-learn's bundled "
+            "digits), or a recipe that sets data.source"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; the run directory must be a new or existing folder")
