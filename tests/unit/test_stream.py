@@ -21,15 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import stream
+from selfsup.data import stream, tar_index
 from selfsup.data.base import UNKNOWN_LABEL, DataError
 from selfsup.data.decode import decode_image, resize_center_crop
-from selfsup.data.stream import (
-    decompress_shard,
-    index_shards,
-    open_streaming_folder,
-    open_streaming_shards,
-)
+from selfsup.data.stream import open_streaming_folder, open_streaming_shards
+from selfsup.data.tar_index import decompress_shard, index_shards
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -259,13 +255,13 @@ def test_fast_header_scan_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
     for cut in cuts:
         piece = tmp_path / "cut.tar"
         piece.write_bytes(data[:cut])
-        fast = stream._group_shard(piece, 2, fast=True)
-        slow = stream._group_shard(piece, 2, fast=False)
+        fast = tar_index._group_shard(piece, 2, fast=True)
+        slow = tar_index._group_shard(piece, 2, fast=False)
         assert fast.keys == slow.keys, cut
         assert fast.offset.tolist() == slow.offset.tolist() and fast.size.tolist() == slow.size.tolist()
         assert fast.labels.tolist() == slow.labels.tolist()
         assert [(k, n) for k, _, n in fast.skips] == [(k, n) for k, _, n in slow.skips], cut
-    assert len(stream._group_shard(path, 2, fast=True).keys) == 5
+    assert len(tar_index._group_shard(path, 2, fast=True).keys) == 5
 
 
 def test_index_cache_is_reused_until_the_shard_changes(shard_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -277,7 +273,7 @@ def test_index_cache_is_reused_until_the_shard_changes(shard_dir: Path, tmp_path
     def no_scan(*args: object, **kwargs: object) -> None:
         raise AssertionError("the shard should come from the index cache")
 
-    monkeypatch.setattr(stream, "_scan_shard", no_scan)
+    monkeypatch.setattr(tar_index, "_scan_shard", no_scan)
     again = index_shards(shards, 3, cache_dir=cache)
     assert again.ids == first.ids and again.skipped == first.skipped
     for name in ("shard", "offset", "size", "labels"):
@@ -452,8 +448,12 @@ def test_stream_module_does_not_import_the_in_memory_sources_at_import_time() ->
     # importing them at module level would make a cycle.
     import ast
 
-    tree = ast.parse(Path(stream.__file__).read_text())
-    modules = {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    modules = {
+        node.module
+        for module in (stream, tar_index)
+        for node in ast.parse(Path(module.__file__).read_text()).body
+        if isinstance(node, ast.ImportFrom)
+    }
     assert not modules & {
         "selfsup.data.shards",
         "selfsup.data.folder",

@@ -26,6 +26,11 @@ from selfsup.registry import Registry
 UNKNOWN_LABEL = -1
 
 
+def error_reason(error: BaseException) -> str:
+    """How a caught exception is recorded as the reason an input was skipped."""
+    return f"{type(error).__name__}: {error}"
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a data set holds, declared without decoding it.
@@ -305,5 +310,6 @@ __all__ = [
     "SubsetDataset",
     "check_labels",
     "describe",
+    "error_reason",
     "with_info",
 ]

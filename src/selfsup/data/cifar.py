@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from selfsup.data.assemble import Collector, build_dataset, error_reason
-from selfsup.data.base import DataError, InMemoryDataset
+from selfsup.data.assemble import Collector, build_dataset
+from selfsup.data.base import DataError, InMemoryDataset, error_reason
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
 
 # Exactly what the CIFAR pickles need to rebuild their numpy arrays, and nothing else: a pickle

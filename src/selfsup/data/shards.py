@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
 
-from selfsup.data.assemble import Item, build_from_collector, decode_stream, error_reason
-from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset
+from selfsup.data.assemble import Item, build_from_collector, decode_stream
+from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset, error_reason
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
 
