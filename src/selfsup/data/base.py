@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -250,18 +250,6 @@ class SubsetDataset(Dataset):
         return digest.hexdigest()
 
 
-def with_info(dataset: InMemoryDataset, **changes: Any) -> InMemoryDataset:
-    """A copy of ``dataset`` whose :class:`DataInfo` has ``changes`` applied (e.g. ``classes``)."""
-    return InMemoryDataset(
-        dataset.inputs,
-        dataset.labels,
-        dataset.ids,
-        info=replace(dataset.info, **changes),
-        source=dataset.source,
-        skipped=dataset.skipped,
-    )
-
-
 def describe(dataset: Dataset) -> str:
     """One line summarising a data set, for logs and reports."""
     info = dataset.info
@@ -311,5 +299,4 @@ __all__ = [
     "check_labels",
     "describe",
     "error_reason",
-    "with_info",
 ]

@@ -38,10 +38,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from selfsup.data import cache as _cache
 from selfsup.data.base import SOURCES, DataError, Dataset, InMemoryDataset
+
+if TYPE_CHECKING:
+    from selfsup.data.stream import StreamingImageDataset
 
 SPEC_FORMS = (
     "A data spec is one of: 'digits', 'digits:train', 'digits:test' (bundled 8x8 digits); "
@@ -192,10 +195,11 @@ def _open_streaming(
     strict: bool,
     cache_dir: str | Path | None,
     loading: str,
-) -> Any:
+) -> StreamingImageDataset | None:
     """A streaming data set for ``rest``; None under ``auto`` for compressed shards (kept in memory)."""
     from selfsup.data import stream
-    from selfsup.data.shards import TAR_SUFFIXES, resolve_shards
+    from selfsup.data.shards import resolve_shards
+    from selfsup.data.tar_index import is_compressed_shard
 
     source = canonical_source(kind, rest)
     if kind == "folder":
@@ -207,8 +211,7 @@ def _open_streaming(
             strict=strict,
         )
     shards = resolve_shards(rest)
-    compressed = [p for p in shards if p.name.lower().endswith(TAR_SUFFIXES[1:])]
-    if compressed and loading == "auto":
+    if loading == "auto" and any(is_compressed_shard(p) for p in shards):
         return None
     return stream.open_streaming_shards(
         shards,
