@@ -243,11 +243,10 @@ def evaluate_knn(
     """kNN accuracy (top-1/top-5 in %) of frozen features; saved as JSON (default ``RUN/eval/knn.json``)."""
     model = run if isinstance(run, Pretrained) else load(run, device)
     train_data, test_data = model.load_data(train), model.load_data(test)
-    for name, data in (("train", train), ("test", test)):
-        dataset = train_data if name == "train" else test_data
+    for spec, dataset in ((train, train_data), (test, test_data)):
         if not dataset.has_labels:
             raise ConfigError(
-                f"kNN needs labels, but {data!r} has none (class sub-folders, .cls files or a 'labels' array)"
+                f"kNN needs labels, but {spec!r} has none (class sub-folders, .cls files or a 'labels' array)"
             )
     results = knn_accuracy(
         model.features(train_data),

@@ -61,7 +61,7 @@ def _eval_knn(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from selfsup.augment import VIEW_POLICIES
-    from selfsup.config import ConfigError, recipe_names
+    from selfsup.config import PROVIDED, ConfigError, recipe_names
     from selfsup.data import SOURCES
     from selfsup.encoders import ENCODERS
     from selfsup.methods import METHODS
@@ -77,6 +77,7 @@ def _list(args: argparse.Namespace) -> int:
     for what in wanted:
         if what not in everything:
             raise ConfigError(f"cannot list {what!r}; choose from {', '.join(everything)}")
+    supplied = {name for names in PROVIDED.values() for name in names}  # by the builder, not the user
     for what in wanted:
         print(f"{what}:")
         if what == "recipes":
@@ -100,7 +101,7 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {name:<18} {tag}{summary}" if summary or tag else f"  {name}")
             if args.verbose and what != "sources":
                 for option, parameter in registry.parameters(name).items():
-                    if option in ("encoder", "info", "transform"):  # supplied by the builder
+                    if option in supplied:
                         continue
                     default = "" if parameter.default is parameter.empty else f" = {parameter.default!r}"
                     print(f"      {option}{default}")
