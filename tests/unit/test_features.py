@@ -142,7 +142,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"encoder\.to"):
         extract_features(encoder, data, transform(), device="meta")
     with pytest.raises(ValueError, match="pooling"):
-        extract_features(encoder, data, transform(), pooling="max")
+        extract_features(encoder, data, transform(), pooling="median")
     with pytest.raises(ValueError, match="stack=True needs layers"):
         extract_features(encoder, data, transform(), stack=True)
 
@@ -317,3 +317,27 @@ def test_raw_input_features_are_the_transformed_inputs() -> None:
     raw = raw_input_features(data, transform(), batch_size=2)
     x, _ = transform()(data.batch(torch.arange(3)))
     torch.testing.assert_close(raw, x.flatten(1))
+
+
+def test_max_pooling_is_the_global_max_of_each_hidden_state() -> None:
+    encoder, data = make_encoder(), make_images(7)
+    encoder.eval()
+    x, _ = transform(16)(data.batch(torch.arange(len(data))))
+    with torch.no_grad():
+        out = encoder(x)
+    layers = list(range(encoder.num_layers + 1))
+    got = extract_features(encoder, data, transform(16), layers=layers, pooling="max", batch_size=3)
+    assert isinstance(got, dict)
+    for layer in layers:
+        torch.testing.assert_close(got[layer], out.hidden_states[layer].amax(dim=(2, 3)))
+    pooled = extract_features(encoder, data, transform(16), pooling="max", batch_size=4)
+    torch.testing.assert_close(pooled, out.last_hidden_state.amax(dim=(2, 3)))
+
+
+def test_max_pooling_ignores_padded_tokens() -> None:
+    from selfsup.eval.features import max_pool_hidden_state
+
+    hidden = torch.tensor([[[1.0, -5.0], [9.0, 9.0], [2.0, 0.0]]])  # (1, 3, 2)
+    mask = torch.tensor([[False, True, False]])  # the 9s are padding
+    assert max_pool_hidden_state(hidden, mask).tolist() == [[2.0, 0.0]]
+    assert max_pool_hidden_state(hidden).tolist() == [[9.0, 9.0]]

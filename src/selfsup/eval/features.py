@@ -5,9 +5,11 @@ The features are what every probe works on (kNN, linear, weighted-layer, cluster
 are extracted once, in eval mode, through the run's deterministic input transform (no
 augmentation), and kept as float32 on the CPU. Three shapes:
 
-* pooled, ``layers=None``: ``(N, embed_dim)`` (``encoder(x).pooled``);
+* pooled, ``layers=None``: ``(N, embed_dim)`` (``encoder(x).pooled``; with ``pooling="max"`` the
+  global max of the last hidden state instead);
 * pooled per layer, ``layers=[...]``: ``{layer: (N, C_layer)}``, each hidden state pooled with
-  :func:`~selfsup.encoders.base.pool_hidden_state` (padding excluded); with ``stack=True`` one
+  :func:`~selfsup.encoders.base.pool_hidden_state` (``pooling="mean"``) or :func:`max_pool_hidden_state`
+  (``"max"``), padding excluded; with ``stack=True`` one
   ``(N, L, D)`` tensor for weighted-layer probes (the layers must share their width);
 * per frame, ``pooling="none"``: :class:`FrameFeatures`, the unpadded frames/tokens of every sample
   concatenated ``(T, D)`` (or ``(T, L, D)`` stacked) with their ``(N,)`` lengths; convolutional maps
@@ -38,7 +40,23 @@ from selfsup.data.loader import PrefetchLoader, default_depth, default_workers
 from selfsup.encoders.base import Encoder, EncoderOutput, pool_hidden_state
 from selfsup.eval.cache import EntryWriter, feature_key, read_entry, weights_fingerprint
 
-POOLINGS = ("mean", "none")
+POOLINGS = ("mean", "max", "none")
+
+
+def max_pool_hidden_state(hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    """Global max of one hidden state ``(B, C, H, W)`` / ``(B, T, C)`` / ``(B, C)`` → ``(B, C)`` float32,
+    over space or over unpadded tokens (``padding_mask`` ``(B, T)``, True = padded): the second pooling
+    of the linear-probe grid (max-pooled maps often probe better than averaged ones for early layers)."""
+    hidden = hidden.float()
+    if hidden.ndim == 2:
+        return hidden
+    if hidden.ndim == 4:
+        return hidden.amax(dim=(2, 3))
+    if hidden.ndim == 3:
+        if padding_mask is not None and padding_mask.shape == hidden.shape[:2]:
+            hidden = hidden.masked_fill(padding_mask.unsqueeze(-1), float("-inf"))
+        return hidden.amax(dim=1)
+    raise ValueError(f"cannot pool a hidden state of shape {tuple(hidden.shape)}")
 
 
 @dataclass
@@ -216,8 +234,11 @@ class _Collector:
         for layer in self.keys:
             name = _name(layer)
             hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
-            if self.pooling == "mean":
-                feats = out.pooled if layer is None else pool_hidden_state(hidden, out.padding_mask)
+            if self.pooling != "none":
+                if self.pooling == "max":
+                    feats = max_pool_hidden_state(hidden, out.padding_mask)
+                else:
+                    feats = out.pooled if layer is None else pool_hidden_state(hidden, out.padding_mask)
                 if name not in self.results:
                     self.results[name] = self.sink.allocate(name, (self.n, feats.shape[1]))
                 self.results[name][start : start + feats.shape[0]] = feats.float().cpu()
@@ -230,7 +251,7 @@ class _Collector:
 
     def finish(self) -> dict[str, Tensor]:
         results = dict(self.results)
-        if self.n == 0 and self.pooling == "mean":
+        if self.n == 0 and self.pooling != "none":
             for layer in self.keys:
                 width = self.embed_dim if layer is None else 0
                 results[_name(layer)] = self.sink.allocate(_name(layer), (0, width))
@@ -337,4 +358,4 @@ def raw_input_features(dataset: Dataset, transform: InputTransform, *, batch_siz
     return out if out is not None else torch.zeros(0, 0)
 
 
-__all__ = ["POOLINGS", "FrameFeatures", "extract_features", "raw_input_features"]
+__all__ = ["POOLINGS", "FrameFeatures", "extract_features", "max_pool_hidden_state", "raw_input_features"]
