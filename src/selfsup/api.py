@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,7 @@ from selfsup.data.base import DataInfo, Dataset
 from selfsup.encoders import Encoder
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.eval.features import extract_features
-from selfsup.eval.knn import knn_accuracy
-from selfsup.io import write_atomic, write_text_atomic
+from selfsup.io import write_atomic
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.loop import RunResult, pretrain_run
 from selfsup.train.runtime import resolve_device
@@ -157,25 +155,47 @@ class Pretrained:
         data: str | Dataset,
         *,
         layers: list[int] | None = None,
+        pooling: str = "mean",
+        stack: bool = False,
         batch_size: int | None = None,
         cache: bool = True,
         progress: bool = True,
     ) -> Any:
         """Features of every sample of ``data`` (see :func:`selfsup.eval.features.extract_features`):
-        pooled ``(N, D)`` by default, or ``{layer: (N, C)}``. Cached under ``RUN/features/`` unless
-        ``cache=False``; the cache is keyed by the weights, the transform, the data and the layers."""
+        pooled ``(N, D)`` by default, ``{layer: (N, C)}``, stacked ``(N, L, D)`` or per frame. Cached
+        under ``RUN/features/`` unless ``cache=False``; the cache is keyed by the weights, the
+        transform, the data, the layers and the pooling."""
         dataset = self.load_data(data) if isinstance(data, str) else data
         return extract_features(
             self.encoder,
             dataset,
             self.transform,
             layers=layers,
+            pooling=pooling,
+            stack=stack,
             batch_size=batch_size or self.config.eval.batch_size,
             device=self.device,
             cache_dir=self.run_dir / "features" if cache else None,
             workers=self.config.data.workers,
             progress=progress,
         )
+
+    def random_init(self) -> Pretrained:
+        """The same architecture with the initial weights of this run (its seed), never trained: the
+        random-initialisation baseline of every table. Its features are not cached."""
+        torch.manual_seed(self.config.train.seed)
+        encoder = build_encoder(self.config, self.info).to(self.device).eval()
+        return _Untrained(self.run_dir, self.config, encoder, self.info, self.transform, self.device)
+
+    def with_weights(self, weights: dict[str, Tensor]) -> Pretrained:
+        """This encoder with other weights (e.g. an earlier checkpoint of the run), features cached."""
+        encoder = build_encoder(self.config, self.info)
+        try:
+            encoder.load_state_dict(weights)
+        except RuntimeError as error:
+            raise CheckpointError(f"the weights do not fit the encoder of {self.run_dir}: {error}") from None
+        encoder.to(self.device).eval()
+        return Pretrained(self.run_dir, self.config, encoder, self.info, self.transform, self.device)
 
     def embed(self, data: str | Dataset, batch_size: int | None = None) -> Embeddings:
         dataset = self.load_data(data) if isinstance(data, str) else data
@@ -185,6 +205,17 @@ class Pretrained:
             labels=dataset.labels.cpu().numpy().astype(np.int64),
             ids=np.asarray(dataset.ids, dtype=str),
         )
+
+
+class _Untrained(Pretrained):
+    def features(self, data: str | Dataset, **options: Any) -> Any:
+        return super().features(data, **{**options, "cache": False})
+
+
+def encoder_weights_of(checkpoint: Path) -> dict[str, Tensor]:
+    """The encoder's tensors in a training checkpoint (its ``model/encoder.*`` entries)."""
+    model = ckpt.load_checkpoint(checkpoint).model
+    return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
 
 
 def _encoder_weights(run_dir: Path) -> dict[str, Tensor]:
@@ -197,8 +228,7 @@ def _encoder_weights(run_dir: Path) -> dict[str, Tensor]:
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     if latest is None:
         raise CheckpointError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
-    model = ckpt.load_checkpoint(latest).model
-    return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
+    return encoder_weights_of(latest)
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
@@ -228,35 +258,3 @@ def embed(
     if out is not None:
         result.save(out)
     return result
-
-
-def evaluate_knn(
-    run: str | Path | Pretrained,
-    train: str,
-    test: str,
-    *,
-    k: tuple[int, ...] | None = None,
-    temperature: float | None = None,
-    device: str = "cpu",
-    out: str | Path | None = None,
-) -> dict[str, float]:
-    """kNN accuracy (top-1/top-5 in %) of frozen features; saved as JSON (default ``RUN/eval/knn.json``)."""
-    model = run if isinstance(run, Pretrained) else load(run, device)
-    train_data, test_data = model.load_data(train), model.load_data(test)
-    for spec, dataset in ((train, train_data), (test, test_data)):
-        if not dataset.has_labels:
-            raise ConfigError(
-                f"kNN needs labels, but {spec!r} has none (class sub-folders, .cls files or a 'labels' array)"
-            )
-    results = knn_accuracy(
-        model.features(train_data),
-        train_data.labels,
-        model.features(test_data),
-        test_data.labels,
-        k=tuple(k or model.config.eval.knn_k),
-        temperature=temperature or model.config.eval.knn_temperature,
-    )
-    target = Path(out) if out is not None else model.run_dir / "eval" / "knn.json"
-    record = {"train": train, "test": test, **results}
-    write_text_atomic(target, json.dumps(record, indent=2) + "\n")
-    return results

@@ -7,7 +7,7 @@ functions, so a run is assembled the same way whatever starts it:
     config = resolve_components(config, dataset.info)            # fill defaults of the modality, validate
     transform = fit_transform(config, dataset)                   # stored in the run as inputs.json
     encoder = build_encoder(config, dataset.info)
-    method = build_method(config, encoder)
+    method = build_method(config, encoder, dataset.info)           # info: e.g. a classifier's classes
     policy = build_policy(config, dataset.info, transform, encoder)
 """
 
@@ -18,13 +18,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from selfsup.augment import VIEW_POLICIES
 from selfsup.augment.base import InputTransform, ViewPolicy
-from selfsup.config import Config, default_view_policy, from_dict, to_dict, validate
+from selfsup.config import Config, default_view_policy, from_dict, load_config, to_dict, validate
 from selfsup.data import load_dataset
 from selfsup.data.base import DataInfo, Dataset
 from selfsup.encoders import ENCODERS, Encoder
-from selfsup.errors import CheckpointError, ConfigError
+from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.io import write_text_atomic
 from selfsup.methods import METHODS, Method
 from selfsup.modalities import get_modality, transform_from_dict
@@ -101,12 +103,16 @@ def build_encoder(config: Config, info: DataInfo) -> Encoder:
         raise ConfigError(f"encoder {name!r}: {error}") from None
 
 
-def build_method(config: Config, encoder: Encoder) -> Method:
+def build_method(config: Config, encoder: Encoder, info: DataInfo | None = None) -> Method:
+    """The method named by ``config`` around ``encoder``; factories that declare ``info`` get the data's
+    (the finetune method reads its number of classes from it)."""
     name = config.method.name
     if name is None:
         raise ConfigError("method is not set; resolve_components fills it from the data's modality")
+    factory = METHODS.get(name)
+    provided = {"encoder": encoder, **_provided(factory, {"info": info})}
     try:
-        return METHODS.get(name)(encoder=encoder, **config.method.params)
+        return factory(**provided, **config.method.params)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"method {name!r}: {error}") from None
 
@@ -120,6 +126,65 @@ def build_policy(config: Config, info: DataInfo, transform: InputTransform, enco
         return factory(**provided, **config.augment.params)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"augment ({name} view policy): {error}") from None
+
+
+def labelled_subset(config: Config, dataset: Dataset) -> Dataset:
+    """The training data restricted to ``data.labels_per_class`` / ``data.label_fraction`` labelled samples
+    of every class (:func:`selfsup.eval.splits.stratified_draw` with ``data.label_seed``); unchanged when
+    neither is set."""
+    data = config.data
+    if data.labels_per_class is None and data.label_fraction is None:
+        return dataset
+    from selfsup.eval.splits import stratified_draw
+
+    if not dataset.has_labels:
+        raise DataError(
+            f"data.labels_per_class / data.label_fraction need labels, but {data.source!r} has none"
+        )
+    chosen = stratified_draw(
+        dataset.labels, per_class=data.labels_per_class, fraction=data.label_fraction, seed=data.label_seed
+    )
+    return dataset.subset(chosen)
+
+
+def load_encoder_weights(run_dir: Path) -> dict[str, Tensor]:
+    """The encoder weights of a run: its final ``encoder.safetensors``, else those of its latest checkpoint
+    (safetensors only: nothing is unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from selfsup.train import checkpoint as ckpt
+
+    path = run_dir / "encoder.safetensors"
+    if path.exists():
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"cannot read {path} (corrupt?): {error}") from None
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        raise CheckpointError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
+    model = ckpt.load_checkpoint(latest).model
+    return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
+
+
+def init_encoder_from(run_dir: str | Path, config: Config, encoder: Encoder) -> None:
+    """Load the encoder weights of the run ``run_dir`` into ``encoder`` (``train.init_from``), after
+    checking that the run's encoder is the one ``config`` builds (name and options)."""
+    run_dir = Path(run_dir)
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"train.init_from={str(run_dir)!r} is not a selfsup run directory (no config.yaml)")
+    saved = load_config(saved_path).encoder
+    if (saved.name, saved.params) != (config.encoder.name, config.encoder.params):
+        raise ConfigError(
+            f"train.init_from: {run_dir} holds encoder {saved.name!r} with options {saved.params}, but this "
+            f"run builds {config.encoder.name!r} with {config.encoder.params}; use the same encoder"
+        )
+    try:
+        encoder.load_state_dict(load_encoder_weights(run_dir))
+    except RuntimeError as error:
+        raise CheckpointError(f"the encoder weights in {run_dir} do not fit this encoder: {error}") from None
 
 
 def save_inputs(run_dir: Path, info: DataInfo, transform: InputTransform) -> None:
@@ -149,7 +214,10 @@ __all__ = [
     "build_method",
     "build_policy",
     "fit_transform",
+    "init_encoder_from",
+    "labelled_subset",
     "load_data",
+    "load_encoder_weights",
     "load_inputs",
     "resolve_components",
     "save_inputs",

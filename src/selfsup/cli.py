@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: pretrain, embed, eval, list, demo.
+"""The ``selfsup`` command: pretrain, embed, eval, report, export, bench, list, demo.
 
 Config precedence for ``pretrain``: defaults < ``--config RECIPE`` < flags < ``key=value``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from selfsup.errors import SelfsupError
 
@@ -41,8 +42,17 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(metrics: dict[str, object], title: str | None = None) -> None:
+    if title:
+        print(title)
+    width = max((len(k) for k in metrics), default=0)
+    for key, value in metrics.items():
+        shown = f"{value:8.3f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+
+
 def _eval_knn(args: argparse.Namespace) -> int:
-    from selfsup.api import evaluate_knn
+    from selfsup.eval.protocols import evaluate_knn
 
     results = evaluate_knn(
         args.run,
@@ -53,9 +63,136 @@ def _eval_knn(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out,
     )
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:6.2f}")
+    _print_metrics(results, "kNN accuracy (%)")
+    return 0
+
+
+def _eval_linear(args: argparse.Namespace) -> int:
+    from selfsup.eval.protocols import evaluate_linear
+
+    results = evaluate_linear(
+        args.run,
+        args.train,
+        args.test,
+        layers=args.layers,
+        poolings=tuple(args.pooling),
+        baselines=args.baselines,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+    )
+    _print_metrics(results, "linear probe on the test set (grid selected on a validation split of --train)")
+    return 0
+
+
+def _eval_fewshot(args: argparse.Namespace) -> int:
+    from selfsup.eval.protocols import evaluate_fewshot
+
+    table = evaluate_fewshot(
+        args.run,
+        args.train,
+        args.test,
+        per_class=tuple(args.per_class) if args.per_class else None,
+        fractions=tuple(args.fractions) if args.fractions else None,
+        seeds=args.seeds,
+        baselines=not args.no_baselines,
+        device=args.device,
+        out=args.out,
+    )
+    print(table)
+    return 0
+
+
+def _eval_finetune(args: argparse.Namespace) -> int:
+    from selfsup.eval.finetune import finetune
+
+    results = finetune(
+        args.run,
+        args.train,
+        args.test,
+        out=args.out,
+        label_fraction=args.fraction,
+        labels_per_class=args.per_class,
+        seed=args.seed,
+        steps=args.steps,
+        overrides=args.overrides,
+    )
+    _print_metrics(results, "fine-tuned encoder on the test set (best validation checkpoint)")
+    return 0
+
+
+def _eval_layer(args: argparse.Namespace) -> int:
+    from selfsup.eval.protocols import evaluate_layer
+
+    results = evaluate_layer(
+        args.run, args.train, args.test, level=args.level, device=args.device, out=args.out
+    )
+    _print_metrics(results, "weighted-layer probe on the test set")
+    return 0
+
+
+def _eval_cluster(args: argparse.Namespace) -> int:
+    from selfsup.eval.protocols import evaluate_cluster
+
+    results = evaluate_cluster(args.run, args.data, k=args.k, device=args.device, out=args.out)
+    _print_metrics(results, "k-means clustering of the features")
+    return 0
+
+
+def _eval_rankme(args: argparse.Namespace) -> int:
+    from selfsup.eval.selection import evaluate_label_free
+
+    result = evaluate_label_free(
+        args.run,
+        args.data,
+        checkpoints=args.checkpoints,
+        train=args.train,
+        test=args.test,
+        device=args.device,
+        out=args.out,
+    )
+    print(result["table"])
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from selfsup.report import write_report
+
+    paths = write_report(args.runs, out=args.out)
+    print(f"wrote {paths.md} and {paths.html}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from selfsup.export import export_run
+
+    options: dict[str, Any] = {}
+    if args.opset is not None:
+        options["opset"] = args.opset
+    if args.verify_data:
+        options["data"] = args.verify_data
+    if args.no_hidden:
+        options["hidden"] = False
+    path = export_run(args.run, args.format, args.out, device=args.device, **options)
+    print(f"exported {args.run} as {args.format} to {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from selfsup.benchmark import run_benchmark
+
+    result = run_benchmark(
+        data=args.data,
+        test=args.test,
+        methods=args.methods,
+        encoders=args.encoders,
+        budget_s=args.budget,
+        steps=args.steps,
+        out=args.out,
+        device=args.device,
+        overrides=args.overrides,
+    )
+    print(result.table)
     return 0
 
 
@@ -152,15 +289,94 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="evaluate a pretrained encoder")
     evaluations = p.add_subparsers(dest="evaluation", required=True)
-    q = evaluations.add_parser("knn", help="kNN accuracy on frozen features")
-    q.add_argument("--run", required=True)
-    q.add_argument("--train", required=True, help="labeled source for the memory bank")
-    q.add_argument("--test", required=True, help="labeled source to classify")
+
+    def evaluation(name: str, help: str, handler: Any, *, paired: bool = True) -> argparse.ArgumentParser:
+        q = evaluations.add_parser(name, help=help)
+        q.add_argument("--run", required=True, help="run directory")
+        if paired:
+            q.add_argument("--train", required=True, help="labelled source the probe is fitted on")
+            q.add_argument("--test", required=True, help="labelled source it is scored on")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--out", help=f"JSON file for the results (default RUN/eval/{name}.json)")
+        q.set_defaults(handler=handler)
+        return q
+
+    q = evaluation("knn", "weighted kNN accuracy on frozen features", _eval_knn)
     q.add_argument("--k", type=int, nargs="+", help="numbers of neighbours (default 20 200)")
     q.add_argument("--temperature", type=float)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--out", help="JSON file for the results (default RUN/eval/knn.json)")
-    q.set_defaults(handler=_eval_knn)
+    q = evaluation("linear", "linear probe: a grid of lr x weight decay (x layers x pooling)", _eval_linear)
+    q.add_argument(
+        "--layers", type=int, nargs="+", help="hidden states to probe (default: the pooled output)"
+    )
+    q.add_argument("--pooling", nargs="+", default=["mean"], choices=["mean", "max"])
+    q.add_argument("--baselines", action="store_true", help="also probe a random-init encoder and raw inputs")
+    q.add_argument("--seed", type=int, default=0, help="seed of the validation split and the heads")
+    q = evaluation(
+        "fewshot", "linear probes on N labels per class or a fraction, over several draws", _eval_fewshot
+    )
+    q.add_argument("--per-class", type=int, nargs="+", help="labels per class (default 1 5 10)")
+    q.add_argument("--fractions", type=float, nargs="+", help="label fractions instead, e.g. 0.01 0.1 1")
+    q.add_argument("--seeds", type=int, default=5, help="label draws per setting")
+    q.add_argument("--no-baselines", action="store_true", help="skip the random-init and raw-input rows")
+    q = evaluations.add_parser("finetune", help="fine-tune the whole encoder on a label fraction")
+    q.add_argument("--run", help="pretrained run directory (omit: train from random initialisation)")
+    q.add_argument("--train", required=True)
+    q.add_argument("--test", required=True)
+    q.add_argument("--out", required=True, help="run directory of the fine-tuning run")
+    q.add_argument("--fraction", type=float, help="fraction of the labels to train on")
+    q.add_argument("--per-class", type=int, help="labels per class to train on")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--steps", type=int)
+    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.set_defaults(handler=_eval_finetune)
+    q = evaluation("layer", "SUPERB-style weighted-layer probe over every hidden state", _eval_layer)
+    q.add_argument("--level", choices=["utterance", "frame"], default="utterance")
+    q = evaluation(
+        "cluster", "k-means on the features: NMI, ARI, Hungarian accuracy", _eval_cluster, paired=False
+    )
+    q.add_argument("--data", required=True, help="labelled source to cluster")
+    q.add_argument("--k", type=int, help="clusters (default: the number of classes)")
+    q = evaluation(
+        "rankme",
+        "label-free scores (RankMe, alpha-ReQ, LiDAR, alignment/uniformity)",
+        _eval_rankme,
+        paired=False,
+    )
+    q.add_argument("--data", required=True, help="source to score (labels not needed)")
+    q.add_argument(
+        "--checkpoints", choices=["last", "all"], default="last", help="score every kept checkpoint"
+    )
+    q.add_argument("--train", help="with --test: also kNN per checkpoint, and the rank correlation")
+    q.add_argument("--test")
+
+    p = commands.add_parser("report", help="report.md and a self-contained report.html of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for a multi-run report (one run: the run directory)")
+    p.set_defaults(handler=_report)
+
+    p = commands.add_parser("export", help="export the encoder: safetensors, timm, onnx, hf")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, help="safetensors, timm, onnx or hf")
+    p.add_argument("--out", help="output folder (default RUN/export/FORMAT)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--opset", type=int, help="onnx: the opset version (default 17)")
+    p.add_argument("--verify-data", help="onnx: check ONNX Runtime against PyTorch on samples of this source")
+    p.add_argument("--no-hidden", action="store_true", help="onnx: output only the pooled embedding")
+    p.set_defaults(handler=_export)
+
+    p = commands.add_parser("bench", help="pretrain then probe methods x encoders within a time budget")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="labelled training sources (pretraining ignores labels)"
+    )
+    p.add_argument("--test", required=True, nargs="+", help="one labelled test source per --data")
+    p.add_argument("--methods", nargs="+", default=["simclr"])
+    p.add_argument("--encoders", nargs="+", help="default: the data's modality's")
+    p.add_argument("--budget", type=float, help="seconds of pretraining per run (stops early, then probes)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default from the config)")
+    p.add_argument("--out", default="runs/bench", help="folder of the runs and of results.md / results.csv")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    p.set_defaults(handler=_bench)
 
     p = commands.add_parser(
         "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"

@@ -56,6 +56,13 @@ class DataConfig:
     """Keep decoded data sets here (safetensors) so that the next run skips decoding."""
     val: str | None = None
     """Labeled source for the periodic kNN monitor; default: a held-out part of the labeled training data."""
+    label_fraction: float | None = None
+    """Train on this fraction of every class's labelled samples (a seeded stratified draw, at least one
+    per class; eval.splits.stratified_draw); None: all of the data. Excludes labels_per_class."""
+    labels_per_class: int | None = None
+    """Train on this many labelled samples of every class (a seeded stratified draw); None: all."""
+    label_seed: int = 0
+    """Seed of the label draw (label_fraction / labels_per_class), so a draw can be repeated."""
 
 
 @dataclass
@@ -109,12 +116,27 @@ class TrainConfig:
     """Global BatchNorm: statistics over the global batch when distributed (SimCLR's "global BN")."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    """Newest checkpoints kept (the one just written always is)."""
+    keep_every: int | None = None
+    """Also save, and never prune, the checkpoints of steps that are multiples of this (None: none),
+    e.g. to choose a checkpoint by label-free scores afterwards."""
     log_every: int = 10
     knn_every: int | None = None
     """Run the kNN monitor every N steps; None: five times per run; 0: only at the end. Needs labels."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation, e.g. to fit a job time limit."""
     progress: bool = True
+    init_from: str | None = None
+    """A run directory whose encoder weights the encoder starts from (fine-tuning); its encoder must be
+    the same (name and options) and its inputs.json gives the input transform. None: random init."""
+    val_fraction: float | None = None
+    """Carve this fraction of the labelled training data (stratified, seeded with train.seed) out as a
+    validation split for a classifier method (finetune): its top-1 is measured every val_every steps,
+    the best weights are kept (best.safetensors) and restored at the end. None: no validation."""
+    val_every: int | None = None
+    """Validate every N steps (and at the last step); None: 20 times per run."""
+    patience: int | None = None
+    """Stop early after this many validations without improvement; None: never stop early."""
 
 
 @dataclass
@@ -123,7 +145,12 @@ class EvalConfig:
     knn_temperature: float = 0.07
     batch_size: int = 256
     monitor_samples: int = 5000
-    """Labeled samples used by the periodic kNN monitor."""
+    """Samples used by the periodic monitor (kNN when labelled, RankMe always)."""
+    online_probe: bool | str = "auto"
+    """A linear classifier trained on the detached features during pretraining (reported apart from the
+    offline probes as online_train_top1 / online_top1); auto: on when the training data has labels."""
+    online_probe_lr: float = 1e-3
+    """Fixed AdamW learning rate of the online probe (its own optimizer)."""
 
 
 @dataclass
@@ -152,6 +179,9 @@ RUNTIME_KEYS = frozenset(
         "data.prefetch",
         "data.loading",
         "data.memory_limit_gb",
+        # What is kept on disk, not what is computed: saving a checkpoint consumes no randomness.
+        "train.keep_checkpoints",
+        "train.keep_every",
     }
 )
 
@@ -361,7 +391,7 @@ def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
 
 # Arguments the builder supplies to registered factories itself; a user may not set them.
 PROVIDED = {
-    "method": ("encoder",),
+    "method": ("encoder", "info"),
     "encoder": ("info",),
     "policy": ("info", "transform", "encoder"),
 }
@@ -411,6 +441,7 @@ def validate(config: Config, modality: str | None = None) -> None:
     ):
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
+    _validate_new_keys(config)
     if config.data.prefetch is not None and config.data.prefetch < 1:
         raise ConfigError(
             f"data.prefetch must be at least 1 (or null for automatic), got {config.data.prefetch}"
@@ -429,6 +460,29 @@ def validate(config: Config, modality: str | None = None) -> None:
         raise ConfigError(
             f"data.loading must be one of {', '.join(LOADING_MODES)}, got {config.data.loading!r}"
         )
+
+
+def _validate_new_keys(config: Config) -> None:
+    """Ranges of the keep-every, label-draw, validation and online-probe keys."""
+    t, d = config.train, config.data
+    for key, value in (
+        ("train.keep_every", t.keep_every),
+        ("train.val_every", t.val_every),
+        ("train.patience", t.patience),
+        ("data.labels_per_class", d.labels_per_class),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1 (or null), got {value}")
+    if d.label_fraction is not None and not 0.0 < d.label_fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction must be in (0, 1] (or null), got {d.label_fraction}")
+    if d.label_fraction is not None and d.labels_per_class is not None:
+        raise ConfigError("set one of data.label_fraction and data.labels_per_class, not both")
+    if t.val_fraction is not None and not 0.0 < t.val_fraction < 1.0:
+        raise ConfigError(f"train.val_fraction must be in (0, 1) (or null), got {t.val_fraction}")
+    if config.eval.online_probe not in (True, False, "auto"):
+        raise ConfigError(f"eval.online_probe must be true, false or auto, got {config.eval.online_probe!r}")
+    if not config.eval.online_probe_lr > 0:
+        raise ConfigError(f"eval.online_probe_lr must be > 0, got {config.eval.online_probe_lr}")
 
 
 def default_view_policy(method: str, modality: str) -> str:

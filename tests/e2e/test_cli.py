@@ -105,10 +105,16 @@ def test_eval_knn_prints_and_saves(digits_run: Path) -> None:
         "eval", "knn", "--run", str(digits_run), "--train", "digits:train", "--test", "digits:test"
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    saved = json.loads((digits_run / "eval" / "knn.json").read_text())
+    record = json.loads((digits_run / "eval" / "knn.json").read_text())
+    saved = record["metrics"]
     for key in ("knn_top1@20", "knn_top5@20", "knn_top1@200", "knn_top5@200"):
         assert key in done.stdout and 0 <= saved[key] <= 100
     assert saved["knn_top5@20"] >= saved["knn_top1@20"]
+    # The confusion matrix counts every test sample once and its diagonal is the top-1 accuracy (k=20).
+    confusion = np.array(record["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 359
+    assert 100 * np.trace(confusion) / 359 == pytest.approx(saved["knn_top1@20"])
+    assert len(record["per_class"]["accuracy"]) == 10 and record["protocol"] == "knn"
 
 
 def test_python_api_mirrors_the_cli(digits_run: Path) -> None:
@@ -295,7 +301,7 @@ def test_cifar10_shards_end_to_end(cifar10_dir: Path, tmp_path: Path) -> None:
 
     knn = selfsup("eval", "knn", "--run", str(run), "--train", str(train), "--test", str(test))
     assert knn.returncode == 0, knn.stderr[-3000:]
-    saved = json.loads((run / "eval" / "knn.json").read_text())
+    saved = json.loads((run / "eval" / "knn.json").read_text())["metrics"]
     assert 0 <= saved["knn_top1@20"] <= 100
 
     strict = selfsup(

@@ -21,11 +21,18 @@ def test_short_demo_prints_the_table_and_writes_the_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("pretrained (SimCLR)", "random init", "raw pixels"):
         assert row in done.stdout
-    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["knn"]
+    record = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    results = record["results"]
     assert set(results) == {"pretrained (SimCLR)", "random init", "raw pixels"}
     assert all(0 <= v <= 100 for row in results.values() for v in row.values())
+    # The few-label columns: 1, 5 and 10 labels per class, with their spread over the label draws.
+    for row, spread in zip(results.values(), record["std"].values(), strict=True):
+        assert set(spread) == {"linear 1/class", "linear 5/class", "linear 10/class"}
+        assert set(row) - set(spread) == {"knn_top1@20", "knn_top5@20", "knn_top1@200", "knn_top5@200"}
+        assert all(s >= 0 for s in spread.values())
+    assert "linear 10/class" in done.stdout and "±" in done.stdout
     assert (tmp_path / "demo" / "loss_curve.png").exists()
-    assert "Demo: kNN accuracy" in (tmp_path / "demo" / "report.md").read_text()
+    assert "Demo: accuracy on digits:test" in (tmp_path / "demo" / "report.md").read_text()
     # A second demo never overwrites the first.
     again = run_demo(tmp_path / "demo", "--steps", "2", "train.knn_every=0")
     assert again.returncode == 0 and (tmp_path / "demo-2" / "demo.json").exists()
@@ -40,7 +47,7 @@ def test_full_demo_beats_the_random_encoder_within_three_minutes(tmp_path: Path)
     done = run_demo(tmp_path / "demo")
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["knn"]
+    results = json.loads((tmp_path / "demo" / "demo.json").read_text())["results"]
     rows = ("pretrained (SimCLR)", "random init", "raw pixels")
     pretrained, random_init, pixels = (results[row]["knn_top1@20"] for row in rows)
     assert pretrained > random_init + 3.0

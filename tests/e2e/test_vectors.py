@@ -86,7 +86,7 @@ def test_embed_and_eval_use_the_fitted_standardization(
         assert data["embeddings"].shape == (200, 64) and data["labels"].shape == (200,)
     knn = selfsup("eval", "knn", "--run", str(run), "--train", str(train), "--test", str(test))
     assert knn.returncode == 0, knn.stderr[-3000:]
-    top1 = json.loads((run / "eval" / "knn.json").read_text())["knn_top1@20"]
+    top1 = json.loads((run / "eval" / "knn.json").read_text())["metrics"]["knn_top1@20"]
     assert top1 > 80  # four well-separated clusters, once standardized
 
 

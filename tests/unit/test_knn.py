@@ -262,3 +262,23 @@ def test_empty_test_set() -> None:
     train, labels, _, _ = random_problem(n=8, m=3, d=4, classes=2, seed=7)
     out = knn_scores(train, labels, torch.zeros(0, 4), k=3, temperature=0.07, num_classes=2)
     assert out.shape == (0, 2)
+
+
+def test_predict_agrees_with_top1_accuracy() -> None:
+    from selfsup.eval.knn import KNNProbe
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 8, generator=g)
+    labels = (train[:, 0] > 0).long() + 2 * (train[:, 1] > 0).long()
+    test = torch.randn(50, 8, generator=g)
+    test_labels = (test[:, 0] > 0).long() + 2 * (test[:, 1] > 0).long()
+    probe = KNNProbe(k=(5, 20)).fit(train, labels)
+    for k in (5, 20):
+        predicted = probe.predict(test, k=k)
+        accuracy = 100.0 * (predicted == test_labels).float().mean().item()
+        assert accuracy == pytest.approx(probe.evaluate(test, test_labels)[f"knn_top1@{k}"])
+    # Brute force for k = 5: the weighted vote of the 5 most similar training samples.
+    sims = torch.nn.functional.normalize(test, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    top = sims.topk(5, dim=1)
+    votes = torch.zeros(50, 4).scatter_add_(1, labels[top.indices], (top.values / 0.07).exp())
+    assert torch.equal(probe.predict(test, k=5), votes.argmax(dim=1))

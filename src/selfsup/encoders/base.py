@@ -15,11 +15,13 @@ Sizes and geometry are declared as attributes, so that no caller runs a dummy fo
 discover them: ``embed_dim``, ``num_layers``, ``modality``; for token encoders ``token_grid``
 (e.g. ``(H/p, W/p)`` patches of a ViT) or ``frame_rate`` (output frames per second of audio), and
 ``output_lengths(lengths)`` mapping input lengths to output lengths; and ``mask_mode``, how a
-token mask applies (:data:`MASK_MODES`).
+token mask applies (:data:`MASK_MODES`). ``layer_id(parameter_name)`` places each parameter at a
+depth, for layer-wise learning-rate decay when fine-tuning.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,24 @@ class Encoder(nn.Module):
         """
         return lengths
 
+    def layer_id(self, name: str) -> int:
+        """Depth of the parameter ``name`` (as in ``self.named_parameters()``), for layer-wise
+        learning-rate decay: 0 for the stem / input embedding, ``i`` for the parameters that produce
+        ``hidden_states[i]``, ``num_layers`` at most (a head on top is ``num_layers + 1``).
+
+        The ids follow ``hidden_states``, as BEiT's ``get_layer_id_for_vit`` numbers a ViT (embedding
+        0, block ``i`` -> ``i + 1``). This generic default reads the usual names: ``stem.*`` /
+        ``embed*`` / ``patch_embed*`` / ``cls_token`` / ``pos_embed*`` are 0, ``(blocks|stages|layers).i.*``
+        is ``i + 1``, anything else (e.g. a final norm) ``num_layers``. Encoders override it where
+        their names differ.
+        """
+        if name.startswith(("stem.", "embed", "patch_embed", "cls_token", "pos_embed", "mask_token")):
+            return 0
+        match = _NUMBERED_BLOCK.match(name)
+        if match:
+            return min(int(match.group(1)) + 1, self.num_layers)
+        return self.num_layers
+
     def forward(  # pragma: no cover - abstract
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
     ) -> EncoderOutput:
@@ -75,6 +95,18 @@ class Encoder(nn.Module):
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")
+
+_NUMBERED_BLOCK = re.compile(r"^(?:blocks|stages|layers)\.(\d+)\.")
+
+
+def numbered_layer_id(name: str, container: str, num_layers: int, owner: str) -> int:
+    """``0`` for ``stem.*``, ``i + 1`` for ``<container>.i.*``; anything else is an error (exact ids)."""
+    if name.startswith("stem."):
+        return 0
+    match = re.match(rf"^{container}\.(\d+)\.", name)
+    if match is None or int(match.group(1)) >= num_layers:
+        raise ValueError(f"{owner} has no parameter {name!r} to place at a layer")
+    return int(match.group(1)) + 1
 
 
 def pool_hidden_state(hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from selfsup.encoders.base import ENCODERS, Encoder, EncoderOutput, check_image_batch, pool_hidden_state
+from selfsup.encoders.base import (
+    ENCODERS,
+    Encoder,
+    EncoderOutput,
+    check_image_batch,
+    numbered_layer_id,
+    pool_hidden_state,
+)
 from selfsup.registry import suggest
 
 STEMS = ("imagenet", "cifar")
@@ -191,6 +198,10 @@ class ResNet(Encoder):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn.weight)
 
+    def layer_id(self, name: str) -> int:
+        """Stem 0, stage ``i`` (torchvision's ``layer{i+1}``) ``i + 1``: 1..4, as ``hidden_states``."""
+        return numbered_layer_id(name, "stages", self.num_layers, self.name)
+
     def forward(
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
     ) -> EncoderOutput:
@@ -234,6 +245,10 @@ class SmallCNN(Encoder):
             ]
         )
         _init_weights(self)
+
+    def layer_id(self, name: str) -> int:
+        """Stem convolution 0, stage ``i`` ``i + 1`` (1..3), as ``hidden_states``."""
+        return numbered_layer_id(name, "stages", self.num_layers, "small_cnn")
 
     def forward(
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None

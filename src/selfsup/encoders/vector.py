@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from selfsup.data.base import DataInfo
-from selfsup.encoders.base import ENCODERS, Encoder, EncoderOutput
+from selfsup.encoders.base import ENCODERS, Encoder, EncoderOutput, numbered_layer_id
 
 NORMS = ("batch", "layer", "none")
 
@@ -66,6 +66,10 @@ class MLPEncoder(Encoder):
             blocks.append(nn.Sequential(*layers))
             width = hidden_dim
         self.blocks = nn.ModuleList(blocks)
+
+    def layer_id(self, name: str) -> int:
+        """Block ``i`` is ``i + 1`` (``hidden_states[0]`` is the input itself: no parameter at 0)."""
+        return numbered_layer_id(name, "blocks", self.num_layers, "mlp")
 
     def forward(
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None

@@ -1,7 +1,20 @@
-"""Evaluation on frozen features. Importing this package registers every probe in :data:`PROBES`."""
+"""Evaluation on frozen features. Importing this package registers every probe in :data:`PROBES`
+(``knn``, ``linear``, ``layer``, ``cluster``)."""
 
 from selfsup.eval.base import PROBES, Probe
+from selfsup.eval.cluster import ClusterProbe
 from selfsup.eval.features import extract_features
-from selfsup.eval.knn import KNNProbe, knn_scores  # importing knn registers the "knn" probe
+from selfsup.eval.knn import KNNProbe, knn_scores
+from selfsup.eval.layer import WeightedLayerProbe
+from selfsup.eval.linear import LinearProbe
 
-__all__ = ["PROBES", "KNNProbe", "Probe", "extract_features", "knn_scores"]
+__all__ = [
+    "PROBES",
+    "ClusterProbe",
+    "KNNProbe",
+    "LinearProbe",
+    "Probe",
+    "WeightedLayerProbe",
+    "extract_features",
+    "knn_scores",
+]

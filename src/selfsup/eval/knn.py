@@ -311,6 +311,30 @@ class KNNProbe:
         return metrics
 
 
+    @torch.no_grad()
+    def predict(self, features: Tensor, k: int | None = None) -> Tensor:
+        """``(M,)`` the class of the weighted vote of the ``k`` nearest neighbours (default: the first k)
+        for every row of ``features``; equal scores go to the lower class, as in :meth:`evaluate`."""
+        if self.train_features is None or self.train_labels is None:
+            raise RuntimeError("KNNProbe.predict called before fit")
+        _check_features("features", features)
+        k = self.ks[0] if k is None else k
+        out = torch.empty(features.shape[0], dtype=torch.long)
+        for start, scores in _scores_per_chunk(
+            self.train_features,
+            self.train_labels,
+            features,
+            (k,),
+            self.temperature,
+            self.num_classes,
+            self.chunk_size,
+            train_normalized=True,
+        ):
+            ranked = torch.sort(scores[k], dim=1, descending=True, stable=True).indices[:, 0]
+            out[start : start + ranked.shape[0]] = ranked.cpu()
+        return out
+
+
 def knn_accuracy(
     train_features: Tensor,
     train_labels: Tensor,

@@ -5,7 +5,7 @@ The trainer drives every method the same way, once per optimizer step ``s`` of `
     info = StepInfo(step=s, total_steps=S)
     for each micro-batch:
         views = view_policy(batch, generator)          # selfsup.augment, on the device
-        out = method(views, info)                      # MethodOutput(loss, logs, embeddings)
+        out = method(views, info)                      # MethodOutput(loss, logs, embeddings, features)
         out.loss.backward()
     method.before_optimizer_step(info)                 # e.g. cancel a frozen layer's gradient
     clip; optimizer.step()
@@ -51,11 +51,15 @@ class StepInfo:
 @dataclass
 class MethodOutput:
     """loss: scalar, fp32. logs: scalars to record (detached). embeddings: ``(B, D)`` detached
-    representations of the first view, used for collapse monitoring."""
+    representations of the first view, used for collapse monitoring. features: ``(B, embed_dim)``
+    the encoder's detached pooled output for the first global view, which the trainer's online
+    linear probe learns from (:mod:`selfsup.train.online_probe`); every method sets it (the contract
+    tests check it), and the probe is skipped, with a warning, for a method that leaves it None."""
 
     loss: Tensor
     logs: dict[str, Tensor] = field(default_factory=dict)
     embeddings: Tensor | None = None
+    features: Tensor | None = None
 
 
 class Method(nn.Module):

@@ -78,14 +78,16 @@ class BYOL(Method):
         if views.num_global != 2 or len(views.inputs) != 2:
             raise ValueError("BYOL takes exactly two global views per sample")
         (view1, view2), (pad1, pad2) = views.inputs, (views.padding_mask(0), views.padding_mask(1))
-        online = self._online()
-        # Each view separately, as in the authors' implementation (BatchNorm statistics per view).
-        p1, p2 = self.predictor(online(view1, pad1)), self.predictor(online(view2, pad2))
+        # Each view separately, as in the authors' implementation (BatchNorm statistics per view); the
+        # same operations as the online branch, with the first view's pooled output kept for the probe.
+        h1 = self.encoder(view1, padding_mask=pad1).pooled
+        p1 = self.predictor(self.projector(h1))
+        p2 = self.predictor(self._online()(view2, pad2))
         t1, t2 = self.target(view1, pad1), self.target(view2, pad2)
         # The paper's symmetrized loss is the sum of the two directions (eq. 2 and L + L~).
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         logs = {"target_momentum": torch.tensor(self.last_momentum)}
-        return MethodOutput(loss=loss, logs=logs, embeddings=p1.detach())
+        return MethodOutput(loss=loss, logs=logs, embeddings=p1.detach(), features=h1.detach())
 
     def on_optimizer_step(self, step: StepInfo) -> None:
         self.last_momentum = cosine_momentum(

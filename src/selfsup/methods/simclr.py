@@ -85,7 +85,8 @@ class SimCLR(Method):
         # One forward over both views, as in the reference implementation: BatchNorm statistics
         # are computed over all 2B samples.
         x, padding = views.global_batch()
-        z = self.projector(self.encoder(x, padding_mask=padding).pooled)
+        h = self.encoder(x, padding_mask=padding).pooled
+        z = self.projector(h)
         z1, z2 = z[:batch], z[batch:]
         if self.gather_negatives and dist.is_distributed():
             # One collective for both views: (B, 2, D) from every process, in rank order.
@@ -101,4 +102,5 @@ class SimCLR(Method):
             loss=loss * self.loss_scale if self.loss_scale != 1.0 else loss,
             logs={"positive_similarity": positive_similarity},
             embeddings=z1.detach(),
+            features=h[:batch].detach(),
         )

@@ -3,7 +3,8 @@
 A checkpoint for optimizer step ``N`` is the pair ``step_{N:08d}.safetensors`` +
 ``step_{N:08d}.json``. Tensors are stored under prefixes: ``model/<key>``, ``optim/<path>``
 (optimizer state tensors such as ``momentum_buffer``, ``exp_avg``, Adam's ``step``) and
-``extra/<key>`` (e.g. RNG states as uint8 tensors). The JSON holds everything else: the step,
+``extra/<key>`` (e.g. RNG states as uint8 tensors) and ``optimizers/<name>/<path>`` (further named
+optimizers, such as the online probe's). The JSON holds everything else: the step,
 the optimizer's non-tensor state (``param_groups`` hyper-parameters, scalar per-parameter
 entries) and the caller's state.
 
@@ -47,13 +48,15 @@ class Checkpoint:
 
     model: the tensors saved as ``model``; optimizer_state: ready for
     ``optimizer.load_state_dict`` (None when no optimizer was saved); extra_tensors: the tensors
-    saved as ``extra_tensors``; state: the caller's JSON state; path: the JSON file.
+    saved as ``extra_tensors``; optimizer_states: the named ``optimizers`` (empty when none); state:
+    the caller's JSON state; path: the JSON file.
     """
 
     step: int
     model: dict[str, Tensor]
     optimizer_state: dict[str, Any] | None
     extra_tensors: dict[str, Tensor] = field(default_factory=dict)
+    optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -134,6 +137,8 @@ def save_checkpoint(
     extra_tensors: dict[str, Tensor] | None,
     state: dict[str, Any],
     keep: int = 2,
+    keep_every: int | None = None,
+    optimizers: dict[str, Optimizer] | None = None,
 ) -> Path:
     """Write the checkpoint for ``step`` atomically and return its JSON path.
 
@@ -141,13 +146,18 @@ def save_checkpoint(
     through its ``state_dict()``; ``extra_tensors`` holds further tensors (RNG states from
     ``torch.Generator.get_state()``, …); ``state`` is JSON-able user state (no tensors). After
     writing, only the newest ``keep`` checkpoints are kept (never deleting the one just written),
-    and files left by an interrupted save are removed.
+    besides every checkpoint whose step is a multiple of ``keep_every`` (e.g. for choosing a checkpoint
+    by label-free scores afterwards), and files left by an interrupted save are removed.
+    ``optimizers`` are further named optimizers (e.g. the online probe's), stored apart from the
+    method's ``optimizer`` and read back as :attr:`Checkpoint.optimizer_states`.
     """
     directory = Path(directory)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the checkpoint just written is always kept), got {keep}")
+    if keep_every is not None and keep_every < 1:
+        raise ValueError(f"keep_every must be >= 1 (or None), got {keep_every}")
     tensors: dict[str, Tensor] = {}
     for prefix, mapping in (("model", model), ("extra", extra_tensors or {})):
         for key, value in mapping.items():
@@ -157,12 +167,17 @@ def save_checkpoint(
     optim_json = (
         None if optimizer is None else _encode(optimizer.state_dict(), "optim", tensors, allow_tensors=True)
     )
+    named = {
+        name: _encode(opt.state_dict(), f"optimizers/{name}", tensors, allow_tensors=True)
+        for name, opt in (optimizers or {}).items()
+    }
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "step": step,
         "tensors_file": f"{_stem(step)}.safetensors",
         "optimizer": optim_json,
+        "optimizers": named,
         "state": _encode(state, "state", tensors, allow_tensors=False),
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -179,7 +194,7 @@ def save_checkpoint(
     text = json.dumps(payload, indent=1, allow_nan=True)
     with atomic_path(json_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    _prune(directory, keep=keep, protect=step)
+    _prune(directory, keep=keep, protect=step, keep_every=keep_every)
     return json_path
 
 
@@ -194,9 +209,9 @@ def _complete_steps(directory: Path) -> list[int]:
     return sorted(steps)
 
 
-def _prune(directory: Path, *, keep: int, protect: int) -> None:
+def _prune(directory: Path, *, keep: int, protect: int, keep_every: int | None = None) -> None:
     steps = _complete_steps(directory)
-    doomed = [s for s in steps[:-keep] if s != protect]
+    doomed = [s for s in steps[:-keep] if s != protect and not (keep_every and s % keep_every == 0)]
     for s in doomed:
         # JSON first: the checkpoint stops existing before its tensors go.
         (directory / f"{_stem(s)}.json").unlink(missing_ok=True)
@@ -208,6 +223,15 @@ def _prune(directory: Path, *, keep: int, protect: int) -> None:
         leftover = path.name.startswith(".step_") and path.name.endswith(TMP_SUFFIX)
         if orphan or leftover:
             path.unlink(missing_ok=True)
+
+
+def list_checkpoints(directory: Path | str) -> list[tuple[int, Path]]:
+    """``[(step, JSON path)]`` of every complete checkpoint in ``directory``, oldest first.
+
+    Complete means what :func:`latest_checkpoint` means: the JSON and its tensors both exist.
+    """
+    directory = Path(directory)
+    return [(s, directory / f"{_stem(s)}.json") for s in _complete_steps(directory)]
 
 
 def latest_checkpoint(directory: Path | str) -> Path | None:
@@ -268,6 +292,9 @@ def load_checkpoint(json_path: Path | str, *, device: str | torch.device = "cpu"
         model=model,
         optimizer_state=None if optim is None else _decode(optim, tensors, json_path),
         extra_tensors=extra,
+        optimizer_states={
+            name: _decode(value, tensors, json_path) for name, value in payload.get("optimizers", {}).items()
+        },
         state=_decode(payload["state"], tensors, json_path),
         path=json_path,
     )

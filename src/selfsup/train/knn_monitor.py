@@ -1,23 +1,47 @@
-"""The periodic kNN accuracy shown while pretraining, when labels exist.
+"""The periodic monitor run while pretraining: kNN accuracy when labels exist, RankMe always.
 
-A fixed, labeled subset is chosen once, at random with the run's seed: the memory bank is up to
+A fixed subset is chosen once, at random with the run's seed. With labels, the memory bank is up to
 ``monitor_samples`` labeled training samples and the queries up to ``monitor_samples`` labeled
 samples of a held-out validation source, or, without one, a held-out 20% of that training subset.
 Random rather than the first N, so that a class-sorted source (a folder of class sub-folders) does
-not give a curve over a few classes. Features go through the run's deterministic input transform.
+not give a curve over a few classes. Without labels the monitor is label-free: the bank is up to
+``monitor_samples`` training samples and only RankMe is measured, so that every run logs a curve.
+Features go through the run's deterministic input transform. When the run trains an online linear
+probe, its top-1 on the same held-out queries is reported as ``online_top1``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from selfsup.augment.base import InputTransform
 from selfsup.data.base import UNKNOWN_LABEL, Dataset
 from selfsup.encoders.base import Encoder
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
+
+# RankMe's epsilon (Garrido et al. 2023, eq. 1), keeping log(p) finite for zero singular values.
+RANKME_EPS = 1e-7
+
+
+def rankme(features: Tensor) -> float:
+    """RankMe (Garrido et al., ICML 2023, eq. 1) of ``features`` ``(N, D)``: ``exp(H(p))`` where
+    ``p_k = sigma_k / ||sigma||_1 + eps`` over the ``min(N, D)`` singular values of the features
+    (not centred, as in the paper). Between 1 (collapse to one direction) and ``min(N, D)``.
+
+    Inline until ``selfsup.eval.rank.rankme`` is the one implementation; computed in float64.
+    """
+    sigma = torch.linalg.svdvals(features.detach().double().cpu())
+    total = sigma.sum()
+    if not total > 0:
+        return 1.0
+    p = sigma / total + RANKME_EPS
+    return float(math.exp(float(-(p * p.log()).sum())))
 
 
 def labeled_sample(dataset: Dataset, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -26,10 +50,14 @@ def labeled_sample(dataset: Dataset, count: int, generator: torch.Generator) -> 
     return labeled[torch.randperm(labeled.numel(), generator=generator)][:count]
 
 
+# (features (M, D), labels (M,)) -> top-1 accuracy in %: the online probe's evaluation.
+ProbeAccuracy = Callable[[Tensor, Tensor], float]
+
+
 @dataclass
 class KNNMonitor:
     bank: Dataset
-    query: Dataset
+    query: Dataset | None  # None: no labels, the monitor is label-free (RankMe only)
     transform: InputTransform
     k: tuple[int, ...]
     temperature: float
@@ -50,44 +78,56 @@ class KNNMonitor:
         batch_size: int,
         device: torch.device,
     ) -> KNNMonitor | None:
-        """None when there are not enough labels to measure anything."""
+        """A labelled monitor when there are enough labels, else a label-free one; None for a data set
+        of fewer than two samples."""
+        options = {
+            "transform": transform,
+            "k": k,
+            "temperature": temperature,
+            "batch_size": batch_size,
+            "device": device,
+        }
+        labelled = cls._labelled_split(train, val, max_samples, seed)
+        if labelled is not None:
+            return cls(bank=labelled[0], query=labelled[1], **options)
+        if len(train) < 2:
+            return None
+        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_samples]
+        return cls(bank=train.subset(chosen), query=None, **options)
+
+    @staticmethod
+    def _labelled_split(
+        train: Dataset, val: Dataset | None, max_samples: int, seed: int
+    ) -> tuple[Dataset, Dataset] | None:
         generator = torch.Generator().manual_seed(seed)
         bank = labeled_sample(train, max_samples, generator)
         if bank.numel() == 0:
             return None
         if val is not None:
             query = labeled_sample(val, max_samples, generator)
-            if query.numel() == 0:
-                return None
-            query_set = val.subset(query)
-        else:
-            if bank.numel() < 10:
-                return None
-            cut = bank.numel() // 5
-            query_set, bank = train.subset(bank[:cut]), bank[cut:]
-        return cls(
-            bank=train.subset(bank),
-            query=query_set,
-            transform=transform,
-            k=k,
-            temperature=temperature,
-            batch_size=batch_size,
-            device=device,
-        )
+            return (train.subset(bank), val.subset(query)) if query.numel() else None
+        if bank.numel() < 10:
+            return None
+        cut = bank.numel() // 5
+        return train.subset(bank[cut:]), train.subset(bank[:cut])
 
-    def __call__(self, encoder: Encoder) -> dict[str, float]:
-        def features(data: Dataset) -> torch.Tensor:
-            out = extract_features(
-                encoder, data, self.transform, batch_size=self.batch_size, device=self.device
+    def _features(self, encoder: Encoder, data: Dataset) -> Tensor:
+        out = extract_features(encoder, data, self.transform, batch_size=self.batch_size, device=self.device)
+        assert isinstance(out, Tensor)
+        return out
+
+    def __call__(self, encoder: Encoder, probe: ProbeAccuracy | None = None) -> dict[str, float]:
+        """kNN metrics (labelled monitors), ``online_top1`` (with ``probe``) and ``rankme`` of the bank."""
+        bank = self._features(encoder, self.bank)
+        results: dict[str, float] = {}
+        if self.query is not None:
+            query = self._features(encoder, self.query)
+            results.update(
+                knn_accuracy(
+                    bank, self.bank.labels, query, self.query.labels, k=self.k, temperature=self.temperature
+                )
             )
-            assert isinstance(out, torch.Tensor)
-            return out
-
-        return knn_accuracy(
-            features(self.bank),
-            self.bank.labels,
-            features(self.query),
-            self.query.labels,
-            k=self.k,
-            temperature=self.temperature,
-        )
+            if probe is not None:
+                results["online_top1"] = probe(query, self.query.labels)
+        results["rankme"] = rankme(bank)
+        return results

@@ -8,6 +8,12 @@ micro-batch); then a check that the loss was finite on every process, ``before_o
 optional clipping, the optimizer step with the scheduled learning rate, and ``on_optimizer_step``
 once (EMA teachers and the like). What is built before the first step comes from
 :mod:`selfsup.build`; the loop knows no modality.
+
+Two optional evaluators ride along, each in its own module with a small hook here: the online
+linear probe (:mod:`selfsup.train.online_probe`, fed ``MethodOutput.features`` after every
+micro-batch and stepped after the method's optimizer step) and validation with early stopping for
+classifier methods (:mod:`selfsup.train.validation`, after the step's logging, before its
+checkpoint). Both save their state in the checkpoints, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from selfsup.build import (
     build_method,
     build_policy,
     fit_transform,
+    init_encoder_from,
+    labelled_subset,
     load_data,
     load_inputs,
     resolve_components,
@@ -59,11 +67,13 @@ from selfsup.train.monitor import (
     progress_bar,
     to_scalar,
 )
+from selfsup.train.online_probe import OnlineProbe
 from selfsup.train.optim import build_optimizer, set_learning_rate
 from selfsup.train.report import announce, print_summary, summarize, write_report
 from selfsup.train.runtime import autocast, resolve_device, resolve_precision, seed_everything
 from selfsup.train.sampler import StepSampler, view_seed
 from selfsup.train.schedules import warmup_cosine
+from selfsup.train.validation import Validation
 
 # In-memory data sets smaller than this live on the GPU: no loader, no host copies.
 GPU_RESIDENT_BYTES = 4 * 2**30
@@ -166,6 +176,8 @@ class Session:
     base_lr: float
     warmup: int
     knn_every: int
+    probe: OnlineProbe | None = None
+    validation: Validation | None = None
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)
     logger: MetricsLogger | None = None
@@ -173,10 +185,13 @@ class Session:
 
 
 def _load_training_data(config: Config) -> tuple[Dataset, Dataset | None]:
-    """Training and validation data; with a disk cache the main process fills it before the others read it."""
+    """Training and monitor data; with a disk cache the main process fills it before the others read it.
+
+    The training data is the labelled draw of ``data.labels_per_class`` / ``data.label_fraction`` when
+    one is set."""
     if config.data.cache_dir and not dist.is_main():
         dist.barrier()
-    dataset = load_data(config)
+    dataset = labelled_subset(config, load_data(config))
     val = load_data(config, config.data.val) if config.data.val else None
     if config.data.cache_dir and dist.is_main():
         dist.barrier()
@@ -187,11 +202,36 @@ def _load_training_data(config: Config) -> tuple[Dataset, Dataset | None]:
     return dataset, val
 
 
+def _carve_validation(config: Config, dataset: Dataset) -> tuple[Dataset, Dataset | None]:
+    """``(training part, validation split)`` for ``train.val_fraction`` (None when unset or when the labels
+    are too few for a split: then the run trains for its steps without early stopping, with a warning)."""
+    fraction = config.train.val_fraction
+    if fraction is None:
+        return dataset, None
+    from selfsup.eval.splits import train_val_split
+
+    try:
+        train, val = train_val_split(dataset.labels, fraction, seed=config.train.seed)
+    except DataError as error:
+        warnings.warn(f"no validation split, so no early stopping: {error}", stacklevel=2)
+        return dataset, None
+    return dataset.subset(train), dataset.subset(val)
+
+
 def _input_transform(config: Config, run_dir: Path, dataset: Dataset, resuming: bool) -> InputTransform:
-    """Fitted (or configured) once when a run starts and stored in the run; a resumed run reads it back."""
+    """Fitted (or configured) once when a run starts and stored in the run; a resumed run reads it back.
+    A run that starts from another run's encoder (``train.init_from``) takes that run's transform."""
     if resuming and (run_dir / INPUTS_FILE).exists():
         return load_inputs(run_dir)[1]
-    transform = fit_transform(config, dataset)
+    if config.train.init_from:
+        info, transform = load_inputs(Path(config.train.init_from))
+        if info.modality != dataset.info.modality:
+            raise ConfigError(
+                f"train.init_from: {config.train.init_from} was trained on {info.modality} data, "
+                f"but this run's data holds {dataset.info.modality} samples"
+            )
+    else:
+        transform = fit_transform(config, dataset)
     if dist.is_main():
         save_inputs(run_dir, dataset.info, transform)
     return transform
@@ -202,6 +242,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     device = resolve_device(train.device, dist.local_rank())
     amp_dtype = resolve_precision(train.precision, device)
     dataset, val = _load_training_data(config)
+    dataset, val_split = _carve_validation(config, dataset)
     config = resolve_components(config, dataset.info)
     latest = _prepare_run_dir(run_dir, config, resume)
     transform = _input_transform(config, run_dir, dataset, latest is not None)
@@ -209,7 +250,9 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         dataset = dataset.to(device)
 
     seed_everything(train.seed)  # identical initial weights on every process
-    method = build_method(config, build_encoder(config, dataset.info))
+    method = build_method(config, build_encoder(config, dataset.info), dataset.info)
+    if train.init_from and latest is None:
+        init_encoder_from(train.init_from, config, method.encoder)
     if train.sync_bn and dist.is_distributed():
         method = convert_sync_batchnorm(method)
     method.to(device)
@@ -279,6 +322,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         warmup=warmup,
         knn_every=train.knn_every if train.knn_every is not None else max(train.steps // 5, 1),
     )
+    _attach_evaluators(session, val_split)
     if latest is not None:
         _restore(session, latest)
     # Opened after the restore: the metrics of steps after the checkpoint (a killed run) are dropped.
@@ -291,12 +335,35 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     return session
 
 
+def _attach_evaluators(s: Session, val_split: Dataset | None) -> None:
+    """The online probe (``eval.online_probe``); validation and early stopping (``train.val_fraction``)."""
+    config = s.config
+    s.probe = OnlineProbe.build(config, s.dataset, s.method.encoder.embed_dim, s.device)
+    if val_split is not None:
+        Validation.check(s.method)
+        every = config.train.val_every or max(config.train.steps // 20, 1)
+        s.validation = Validation(
+            val_split,
+            s.transform,
+            s.run_dir,
+            every=every,
+            patience=config.train.patience,
+            batch_size=config.eval.batch_size,
+            device=s.device,
+            amp_dtype=s.amp_dtype,
+        )
+
+
 def _restore(session: Session, checkpoint: Path) -> None:
     try:
         loaded = ckpt.load_checkpoint(checkpoint)
         session.method.load_state_dict(loaded.model)
         session.optimizer.load_state_dict(loaded.optimizer_state)
-    except (RuntimeError, ValueError, KeyError) as error:
+        if session.probe is not None:
+            session.probe.load(loaded.extra_tensors, loaded.optimizer_states.get("online_probe"))
+        if session.validation is not None:
+            session.validation.load_state_dict(loaded.state["early_stopping"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(
@@ -322,6 +389,12 @@ def _save(session: Session) -> None:
         extra = {"rng/cpu": torch.get_rng_state()}
         if session.device.type == "cuda":
             extra["rng/cuda"] = torch.cuda.get_rng_state(session.device)
+        optimizers = {}
+        if session.probe is not None:
+            extra.update(session.probe.state_tensors())
+            optimizers["online_probe"] = session.probe.optimizer
+        if session.validation is not None:
+            state["early_stopping"] = session.validation.state_dict()
         ckpt.save_checkpoint(
             session.run_dir / "checkpoints",
             session.step,
@@ -330,6 +403,8 @@ def _save(session: Session) -> None:
             extra_tensors=extra,
             state=state,
             keep=session.config.train.keep_checkpoints,
+            keep_every=session.config.train.keep_every,
+            optimizers=optimizers,
         )
     dist.barrier()
 
@@ -338,12 +413,22 @@ def _run_knn(session: Session, bar: tqdm) -> None:
     """The kNN monitor (main process); every process calls this, since it holds a barrier."""
     if session.monitor is not None:
         assert session.logger is not None
-        results = session.monitor(session.method.encoder)
+        probe = session.probe.accuracy if session.probe is not None else None
+        results = session.monitor(session.method.encoder, probe)
         session.logger.log(session.step, results, kind="knn")
         session.history.setdefault("knn", []).append({"step": session.step, **results})
         first = next(iter(results))
-        bar.write(f"step {session.step}: kNN {first} = {results[first]:.2f}%")
+        unit = "" if first == "rankme" else "%"
+        bar.write(f"step {session.step}: monitor {first} = {results[first]:.2f}{unit}")
     dist.barrier()
+
+
+def _validate(session: Session) -> None:
+    """Validation and early stopping (every process: the main one measures, all decide alike)."""
+    assert session.validation is not None and session.logger is not None
+    results = session.validation(session.method, session.step)
+    session.logger.log(session.step, results, kind="val")
+    session.history.setdefault("val", []).append({"step": session.step, **results})
 
 
 def _batches(session: Session, stop_at: int) -> PrefetchLoader:
@@ -404,6 +489,8 @@ def _optimizer_step(session: Session, lr: float) -> tuple[MethodOutput, Tensor, 
             with autocast(s.device, s.amp_dtype):
                 output = s.model(views, info)
             (output.loss / train.accumulate).backward()
+        if s.probe is not None:  # detached features: the probe's own graph and gradients
+            s.probe.accumulate(output.features, views.labels)
         loss = output.loss.detach()
         bad |= ~torch.isfinite(loss)
         loss_sum += loss
@@ -415,6 +502,8 @@ def _optimizer_step(session: Session, lr: float) -> tuple[MethodOutput, Tensor, 
     s.optimizer.zero_grad(set_to_none=True)
     s.step += 1
     s.method.on_optimizer_step(info)
+    if s.probe is not None:
+        s.probe.step()
     return output, loss_sum, grad_norm
 
 
@@ -445,6 +534,8 @@ def _log_step(
         logs["grad_norm"] = float(grad_norm)
     if output.embeddings is not None:
         logs["embedding_std"] = normalized_embedding_std(output.embeddings)
+    if s.probe is not None:
+        logs.update(s.probe.train_logs())
     assert s.logger is not None
     s.logger.log(s.step, logs)
     s.history.setdefault("loss", []).append([s.step, loss])
@@ -458,6 +549,8 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     unit = get_modality(s.dataset.info.modality).unit
     collapse = CollapseDetector()
     stop_at = min(train.steps, s.step + train.stop_after) if train.stop_after else train.steps
+    if s.validation is not None and s.validation.state.stopped:
+        stop_at = s.step  # resuming a run that stopped early: nothing left to train
     bar = progress_bar(train.steps, s.step, enabled=train.progress and dist.is_main())
     window, run_start, last_logs = _LogWindow(s.device), time.perf_counter(), {}
     s.model.train()
@@ -483,11 +576,18 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             evaluated = bool(s.knn_every and step % s.knn_every == 0 and step < train.steps)
             if evaluated:
                 _run_knn(s, bar)
-            saved = bool(train.checkpoint_every and step % train.checkpoint_every == 0 and step < stop_at)
-            if saved:
+            validated = s.validation is not None and s.validation.due(step, train.steps)
+            if validated:
+                _validate(s)  # before the checkpoint, which then holds this evaluation's state
+            stopping = validated and s.validation is not None and s.validation.state.stopped
+            saved = _checkpoint_due(train.checkpoint_every, train.keep_every, step) and step < stop_at
+            if saved and not stopping:
                 _save(s)
-            if (evaluated or saved) and window.steps == 0:
+            if (evaluated or saved or validated) and window.steps == 0:
                 window.reset()  # throughput counts training steps only
+            if stopping:
+                bar.write(f"step {step}: no improvement in {train.patience} validations, stopping early")
+                break
     finally:
         if loader is not None:
             loader.close()
@@ -495,15 +595,29 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
     return _finish(s, run_start, last_logs)
 
 
+def _checkpoint_due(every: int, keep_every: int | None, step: int) -> bool:
+    """Checkpoints every ``train.checkpoint_every`` steps, and at the multiples of ``train.keep_every``."""
+    return bool((every and step % every == 0) or (keep_every and step % keep_every == 0))
+
+
 def _finish(s: Session, run_start: float, last_logs: dict[str, Any]) -> RunResult:
     config, run_dir = s.config, s.run_dir
-    finished = s.step >= config.train.steps
+    stopped = s.validation is not None and s.validation.state.stopped
+    finished = s.step >= config.train.steps or stopped
+    if finished and s.validation is not None:
+        dist.barrier()  # best.safetensors is complete
+        s.validation.restore_best(s.method)  # the final checkpoint and encoder then hold the best weights
     if finished:  # the periodic monitor skips the last step, so this is its last run
         _run_knn(s, progress_bar(0, 0, enabled=False))
     _save(s)
     summary: dict[str, Any] = {}
     if dist.is_main():
-        summary = summarize(config, s.dataset, last_logs, s.history, s.step, time.perf_counter() - run_start)
+        seconds = time.perf_counter() - run_start
+        summary = summarize(config, s.dataset, last_logs, s.history, s.step, seconds, device=s.device)
+        if s.validation is not None:
+            state = s.validation.state
+            summary.update(best_val_top1=state.best_top1, best_step=state.best_step)
+            summary["stopped_early_at"] = s.step if stopped else None
         if finished:
             save_tensors_atomic(run_dir / "encoder.safetensors", s.method.encoder.state_dict())
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

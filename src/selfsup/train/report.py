@@ -85,6 +85,17 @@ def announce(
             print(f"  skipped {len(data.skipped)} unreadable input(s) in {data.source}", file=sys.stderr)
 
 
+def peak_memory_mb(device: torch.device | None) -> float:
+    """Peak memory of this process in MiB: on CUDA the tensors' peak (``torch.cuda.max_memory_allocated``
+    of ``device``), elsewhere the peak resident set size (RSS: tensors, data, code and libraries)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
 def summarize(
     config: Config,
     dataset: Dataset,
@@ -92,7 +103,12 @@ def summarize(
     history: dict[str, Any],
     step: int,
     seconds: float,
+    *,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
+    """The flat ``summary.json`` of a run; ``peak_memory_mb`` is :func:`peak_memory_mb` of ``device``
+    (CUDA: peak allocated tensors; CPU: peak RSS of the process), and the last monitor row's metrics
+    (kNN, ``rankme``, ``online_top1``) are copied in."""
     summary: dict[str, Any] = {
         "method": config.method.name,
         "encoder": config.encoder.name,
@@ -104,6 +120,7 @@ def summarize(
         "final_loss": logs.get("loss"),
         "samples_per_s": logs.get("samples_per_s"),
         "wall_seconds": round(seconds, 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
     }
     if history.get("knn"):
         summary.update({k: v for k, v in history["knn"][-1].items() if k != "step"})

@@ -1,0 +1,163 @@
+"""``selfsup bench``: pretrain every method x encoder on every data set within a time budget, then
+probe each encoder the same way, and write one table (Markdown and CSV) in the style of the
+LightlySSL / solo-learn benchmark tables: accuracy, wall-clock, peak memory, throughput.
+
+Every data set also gets the baseline rows that an SSL number needs beside it: the randomly
+initialised encoder (a 0-step run of each encoder) and, for the linear probe, the raw inputs.
+Each run is an ordinary run directory under ``OUT/<data>/<method>-<encoder>``, so ``selfsup report``
+and every ``selfsup eval`` protocol work on it afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfsup.errors import ConfigError
+from selfsup.io import write_text_atomic
+
+COLUMNS = (
+    "data",
+    "method",
+    "encoder",
+    "steps",
+    "pretrain_s",
+    "samples_per_s",
+    "peak_memory_mb",
+    "knn_top1@20",
+    "linear_top1",
+    "probe_s",
+)
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    markdown: Path | None = None
+    csv: Path | None = None
+
+    @property
+    def table(self) -> str:
+        return markdown_table(self.rows)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "data"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c) for c in COLUMNS})
+    return buffer.getvalue()
+
+
+def _probe(run_dir: Path, train: str, test: str, device: str) -> dict[str, Any]:
+    from selfsup.api import load
+    from selfsup.eval.protocols import evaluate_knn, evaluate_linear
+
+    start = time.perf_counter()
+    model = load(run_dir, device)
+    knn = evaluate_knn(model, train, test)
+    linear = evaluate_linear(model, train, test)
+    return {
+        "knn_top1@20": knn.get("knn_top1@20"),
+        "linear_top1": linear.get("top1"),
+        "probe_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _pretrain_row(
+    data: str, method: str | None, encoder: str | None, run_dir: Path, options: dict[str, Any]
+) -> dict[str, Any]:
+    from selfsup.api import make_config
+    from selfsup.train.loop import pretrain_run
+
+    config = make_config(data=data, method=method, encoder=encoder, **options)
+    result = pretrain_run(config, run_dir, resume=(run_dir / "checkpoints").is_dir())
+    summary = result.summary
+    return {
+        "data": data,
+        "method": summary.get("method") if method != "random-init" else "random init",
+        "encoder": summary.get("encoder"),
+        "steps": summary.get("steps"),
+        "pretrain_s": summary.get("wall_seconds"),
+        "samples_per_s": summary.get("samples_per_s"),
+        "peak_memory_mb": summary.get("peak_memory_mb"),
+    }
+
+
+def run_benchmark(
+    *,
+    data: str | list[str],
+    test: str | list[str],
+    methods: list[str] | None = None,
+    encoders: list[str] | None = None,
+    budget_s: float | None = None,
+    steps: int | None = None,
+    out: str | Path = "runs/bench",
+    device: str = "cpu",
+    overrides: list[str] | None = None,
+) -> BenchResult:
+    """Pretrain ``methods`` x ``encoders`` on each of ``data`` (``budget_s`` seconds of pretraining per
+    run at most, or ``steps``), probe each on the matching ``test`` source (kNN and the linear probe
+    grid), and write ``OUT/results.md`` and ``OUT/results.csv``. Runs already in ``OUT`` are resumed."""
+    datas = [data] if isinstance(data, str) else list(data)
+    tests = [test] if isinstance(test, str) else list(test)
+    if len(datas) != len(tests):
+        raise ConfigError(f"give one --test per --data: {len(datas)} data sets but {len(tests)} test sets")
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigError(f"--budget must be a positive number of seconds, got {budget_s!r}")
+    out = Path(out)
+    extra = list(overrides or [])
+    if budget_s is not None:
+        extra.append(f"train.time_limit_s={budget_s}")
+    options = {"steps": steps, "device": device, "overrides": [*extra, "train.progress=false"]}
+    result = BenchResult()
+    for train_spec, test_spec in zip(datas, tests, strict=True):
+        folder = out / _slug(train_spec)
+        for encoder in encoders or [None]:
+            baseline = folder / f"random-init-{encoder or 'default'}"
+            row = _pretrain_row(
+                train_spec, methods[0] if methods else None, encoder, baseline, {**options, "steps": 0}
+            )
+            row["method"] = "random init"
+            row.update(_probe(baseline, train_spec, test_spec, device))
+            result.rows.append(row)
+            for method in methods or [None]:
+                run_dir = folder / f"{method or 'default'}-{encoder or 'default'}"
+                row = _pretrain_row(train_spec, method, encoder, run_dir, options)
+                row.update(_probe(run_dir, train_spec, test_spec, device))
+                result.rows.append(row)
+                _write(result, out)
+    _write(result, out)
+    return result
+
+
+def _write(result: BenchResult, out: Path) -> None:
+    result.markdown = write_text_atomic(out / "results.md", markdown_table(result.rows) + "\n")
+    result.csv = write_text_atomic(out / "results.csv", _csv_text(result.rows))
+
+
+__all__ = ["BenchResult", "markdown_table", "run_benchmark"]

@@ -1,0 +1,401 @@
+"""The evaluation protocols: a pretrained run, labelled data sources, a probe on cached features, and
+one JSON record per protocol in ``RUN/eval/<protocol>.json``. Each function mirrors
+``selfsup eval PROTOCOL`` and works for every modality, since it only sees features.
+
+Every classification record has the same shape (``docs/ARCHITECTURE.md``, "Evaluation records"):
+``{"protocol", "train", "test", "metrics": {name: value}, "classes", "confusion", "per_class"}`` plus
+what the protocol adds (the linear grid and its selection, few-label draws, layer weights, ...), so
+``selfsup report`` can show any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selfsup.data.base import UNKNOWN_LABEL, Dataset
+from selfsup.errors import ConfigError
+from selfsup.eval.features import POOLINGS, raw_input_features
+from selfsup.eval.knn import KNNProbe
+from selfsup.eval.metrics import confusion_matrix, per_class_accuracy
+from selfsup.io import write_text_atomic
+
+Run = Any  # a run directory (str / Path) or a selfsup.api.Pretrained
+
+
+def as_model(run: Run, device: str = "cpu") -> Any:
+    from selfsup.api import Pretrained, load
+
+    return run if isinstance(run, Pretrained) else load(run, device)
+
+
+def labelled(model: Any, spec: str | Dataset, protocol: str) -> Dataset:
+    """``spec`` loaded as the run loads data, with a clear error when it has no labels."""
+    dataset = model.load_data(spec) if isinstance(spec, str) else spec
+    if not dataset.has_labels:
+        raise ConfigError(
+            f"{protocol} needs labels, but {getattr(dataset, 'source', spec)!r} has none "
+            "(class sub-folders, .cls files or a 'labels' array)"
+        )
+    return dataset
+
+
+def classification_record(predicted: Tensor, labels: Tensor, classes: Any) -> dict[str, Any]:
+    """Confusion matrix (rows: true class, columns: predicted) and per-class accuracy (%) of the
+    samples whose label is known."""
+    keep = labels != UNKNOWN_LABEL
+    num_classes = int(max(int(labels.max()), int(predicted.max()) if predicted.numel() else 0)) + 1
+    if classes is not None:
+        num_classes = max(num_classes, len(classes))
+    confusion = confusion_matrix(predicted[keep], labels[keep], num_classes)
+    accuracy = per_class_accuracy(confusion)
+    return {
+        "classes": list(classes) if classes is not None else [str(c) for c in range(num_classes)],
+        "confusion": confusion.tolist(),
+        "per_class": {"accuracy": [None if v != v else round(float(v), 4) for v in accuracy.tolist()]},
+    }
+
+
+def write_record(model: Any, protocol: str, out: str | Path | None, record: dict[str, Any]) -> Path:
+    """Write ``record`` (with ``protocol`` first) to ``out`` or ``RUN/eval/<protocol>.json``."""
+    target = Path(out) if out is not None else model.run_dir / "eval" / f"{protocol}.json"
+    write_text_atomic(target, json.dumps({"protocol": protocol, **record}, indent=1) + "\n")
+    return target
+
+
+def _spec(source: str | Dataset) -> str:
+    return source if isinstance(source, str) else str(getattr(source, "source", "dataset"))
+
+
+# ---------------------------------------------------------------------------- kNN
+
+
+def evaluate_knn(
+    run: Run,
+    train: str | Dataset,
+    test: str | Dataset,
+    *,
+    k: tuple[int, ...] | None = None,
+    temperature: float | None = None,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict[str, float]:
+    """Weighted kNN accuracy (top-1/top-5 in %, :class:`~selfsup.eval.knn.KNNProbe`) of frozen features,
+    with the confusion matrix and per-class accuracy of the first k; saved to ``RUN/eval/knn.json``."""
+    model = as_model(run, device)
+    train_data, test_data = labelled(model, train, "kNN"), labelled(model, test, "kNN")
+    probe = KNNProbe(
+        k=tuple(k or model.config.eval.knn_k), temperature=temperature or model.config.eval.knn_temperature
+    )
+    probe.fit(model.features(train_data), train_data.labels)
+    test_features = model.features(test_data)
+    metrics = probe.evaluate(test_features, test_data.labels)
+    record = {"train": _spec(train), "test": _spec(test), "k": list(probe.ks), "metrics": metrics}
+    record.update(
+        classification_record(probe.predict(test_features), test_data.labels, test_data.info.classes)
+    )
+    write_record(model, "knn", out, record)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- linear probe
+
+
+def feature_sets(
+    model: Any, data: Dataset, layers: list[int] | None, poolings: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """``{"pooled/mean": (N, D), "layer3/max": ...}``: the candidate feature sets of a probe grid."""
+    for pooling in poolings:
+        if pooling not in POOLINGS or pooling == "none":
+            raise ConfigError(f"pooling must be mean or max, got {pooling!r}")
+    sets: dict[str, Tensor] = {}
+    for pooling in poolings:
+        if layers is None:
+            sets[f"pooled/{pooling}"] = model.features(data, pooling=pooling)
+        else:
+            per_layer = model.features(data, layers=layers, pooling=pooling)
+            sets.update({f"layer{layer}/{pooling}": per_layer[layer] for layer in layers})
+    return sets
+
+
+def _probe_rows(
+    name: str,
+    probe: Any,
+    train_sets: dict[str, Tensor],
+    train_data: Dataset,
+    test_sets: dict[str, Tensor],
+    test_data: Dataset,
+) -> dict[str, Any]:
+    probe.fit(train_sets, train_data.labels)
+    metrics = probe.evaluate(test_sets, test_data.labels)
+    return {
+        "features": name,
+        "metrics": metrics,
+        "selected": probe.selected,
+        "grid": probe.grid,
+        "probe": probe,
+    }
+
+
+def evaluate_linear(
+    run: Run,
+    train: str | Dataset,
+    test: str | Dataset,
+    *,
+    layers: list[int] | None = None,
+    poolings: tuple[str, ...] = ("mean",),
+    baselines: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    **probe_options: Any,
+) -> dict[str, float]:
+    """Linear probe on frozen features (:class:`~selfsup.eval.linear.LinearProbe`): a grid of learning
+    rates x weight decays x the feature sets (``layers`` x ``poolings``) trained jointly, selected on a
+    validation split of the training data (fixed ``seed``), scored on ``test``. With ``baselines`` the
+    same protocol also runs on a randomly initialised encoder and the raw inputs (the rows every SSL
+    number needs beside it). Saved to ``RUN/eval/linear.json``."""
+    from selfsup.eval.linear import LinearProbe
+
+    model = as_model(run, device)
+    train_data, test_data = (
+        labelled(model, train, "the linear probe"),
+        labelled(model, test, "the linear probe"),
+    )
+    extractors = {"encoder": model}
+    if baselines:
+        extractors["random init"] = model.random_init()
+    results = {}
+    for name, extractor in extractors.items():
+        probe = LinearProbe(seed=seed, device=str(model.device), **probe_options)
+        results[name] = _probe_rows(
+            name,
+            probe,
+            feature_sets(extractor, train_data, layers, poolings),
+            train_data,
+            feature_sets(extractor, test_data, layers, poolings),
+            test_data,
+        )
+    if baselines:
+        raw = {"raw": raw_input_features(train_data, model.transform)}
+        probe = LinearProbe(seed=seed, device=str(model.device), **probe_options)
+        results["raw inputs"] = _probe_rows(
+            "raw inputs",
+            probe,
+            raw,
+            train_data,
+            {"raw": raw_input_features(test_data, model.transform)},
+            test_data,
+        )
+    main = results["encoder"]
+    probe = main["probe"]
+    test_sets = feature_sets(model, test_data, layers, poolings)
+    record: dict[str, Any] = {
+        "train": _spec(train),
+        "test": _spec(test),
+        "seed": seed,
+        "metrics": main["metrics"],
+        "selected": main["selected"],
+        "grid": main["grid"],
+    }
+    record.update(classification_record(probe.predict(test_sets), test_data.labels, test_data.info.classes))
+    if baselines:
+        record["baselines"] = {name: r["metrics"] for name, r in results.items() if name != "encoder"}
+    write_record(model, "linear", out, record)
+    return main["metrics"]
+
+
+# ---------------------------------------------------------------------------- few labels
+
+
+def baseline_extractors(model: Any, train: Dataset, test: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{name: (train features, test features)}`` for the encoder, the same encoder randomly
+    initialised and the raw inputs (through the run's input transform): the three rows of every table."""
+    untrained = model.random_init()
+    return {
+        "encoder": (model.features(train), model.features(test)),
+        "random init": (untrained.features(train), untrained.features(test)),
+        "raw inputs": (raw_input_features(train, model.transform), raw_input_features(test, model.transform)),
+    }
+
+
+def evaluate_fewshot(
+    run: Run,
+    train: str | Dataset,
+    test: str | Dataset,
+    *,
+    per_class: tuple[int, ...] | None = None,
+    fractions: tuple[float, ...] | None = None,
+    seeds: int | tuple[int, ...] = 5,
+    baselines: bool = True,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> str:
+    """Few-label linear evaluation (:func:`~selfsup.eval.fewshot.few_label_eval`): N labels per class
+    (default 1, 5, 10) or label fractions, ``seeds`` label draws each (mean ± spread), for the encoder
+    and — with ``baselines`` — a random-init encoder and the raw inputs. Saved to
+    ``RUN/eval/fewshot.json``; returns a printable table."""
+    from selfsup.eval.fewshot import few_label_eval
+
+    model = as_model(run, device)
+    train_data, test_data = (
+        labelled(model, train, "few-label evaluation"),
+        labelled(model, test, "few-label evaluation"),
+    )
+    seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+    if not seed_list:
+        raise ConfigError("--seeds must be at least 1")
+    if per_class is None and fractions is None:
+        per_class = (1, 5, 10)
+    if baselines:
+        extractors = baseline_extractors(model, train_data, test_data)
+    else:
+        extractors = {"encoder": (model.features(train_data), model.features(test_data))}
+    by_features = {}
+    tables = []
+    for name, (train_features, test_features) in extractors.items():
+        result = few_label_eval(
+            train_features,
+            train_data.labels,
+            test_features,
+            test_data.labels,
+            per_class=per_class,
+            fractions=fractions,
+            seeds=seed_list,
+            probe_options={"device": str(model.device)},
+        )
+        by_features[name] = result.to_dict()["results"]
+        tables.append(f"{name}:\n{result.table()}")
+    main = by_features["encoder"]
+    record = {
+        "train": _spec(train),
+        "test": _spec(test),
+        "seeds": list(seed_list),
+        "metrics": {f"top1 {r['setting']}": r["mean"] for r in main},
+        "results": main,
+        "results_by_features": by_features,
+    }
+    write_record(model, "fewshot", out, record)
+    return "\n\n".join(tables)
+
+
+# ---------------------------------------------------------------------------- weighted layers, clusters
+
+
+def stacked_layers(model: Any, data: Dataset) -> Tensor:
+    """``(N, L, D)``: every hidden state pooled, zero-padded to the widest one when their widths differ
+    (a ConvNet's stages), so that one softmax weighting spans all ``num_layers + 1`` of them; the
+    padded coordinates are zero for every sample, so they carry nothing."""
+    layers = list(range(model.encoder.num_layers + 1))
+    per_layer = model.features(data, layers=layers)
+    width = max(per_layer[layer].shape[1] for layer in layers)
+    stacked = torch.zeros(len(data), len(layers), width)
+    for i, layer in enumerate(layers):
+        stacked[:, i, : per_layer[layer].shape[1]] = per_layer[layer]
+    return stacked
+
+
+def evaluate_layer(
+    run: Run,
+    train: str | Dataset,
+    test: str | Dataset,
+    *,
+    level: str = "utterance",
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    **probe_options: Any,
+) -> dict[str, float]:
+    """SUPERB-style weighted-layer probe (:class:`~selfsup.eval.layer.WeightedLayerProbe`): softmax
+    weights over all hidden states and a linear head, fitted on ``train``, scored on ``test``. The
+    weights are saved in ``RUN/eval/layer.json`` and drawn in ``RUN/eval/layer_weights.png``.
+
+    Utterance level (one label per sample) works for every encoder. Frame level needs a label per
+    frame, which no data source provides yet (the speech issue adds aligned sources); the probe
+    itself (``level="frame"`` on :class:`~selfsup.eval.features.FrameFeatures`) is ready for them."""
+    from selfsup.eval.layer import WeightedLayerProbe, plot_layer_weights
+
+    if level != "utterance":
+        raise ConfigError(
+            "frame-level probing needs per-frame labels, and no data source provides them yet; "
+            "use --level utterance (or WeightedLayerProbe(level='frame') on FrameFeatures in Python)"
+        )
+    model = as_model(run, device)
+    train_data, test_data = (
+        labelled(model, train, "the layer probe"),
+        labelled(model, test, "the layer probe"),
+    )
+    probe = WeightedLayerProbe(level="utterance", seed=seed, device=str(model.device), **probe_options)
+    probe.fit(stacked_layers(model, train_data), train_data.labels)
+    test_features = stacked_layers(model, test_data)
+    metrics = probe.evaluate(test_features, test_data.labels)
+    weights = [float(w) for w in probe.layer_weights]
+    target = Path(out) if out is not None else model.run_dir / "eval" / "layer.json"
+    plot_layer_weights(
+        weights, target.with_name(target.stem + "_weights.png"), title=f"layer weights: {model.run_dir.name}"
+    )
+    record = {
+        "train": _spec(train),
+        "test": _spec(test),
+        "metrics": metrics,
+        "layer_weights": weights,
+        "probe": probe.to_dict(),
+    }
+    record.update(
+        classification_record(probe.predict(test_features), test_data.labels, test_data.info.classes)
+    )
+    write_record(model, "layer", target, record)
+    return metrics
+
+
+def evaluate_cluster(
+    run: Run,
+    data: str | Dataset,
+    *,
+    k: int | None = None,
+    baselines: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict[str, float]:
+    """k-means on the features of ``data`` (:class:`~selfsup.eval.cluster.ClusterProbe`; k = the number
+    of classes by default), scored against its labels: NMI, ARI (0..1) and Hungarian-matched accuracy
+    (%). With ``baselines`` also for a random-init encoder and the raw inputs. Saved to
+    ``RUN/eval/cluster.json``."""
+    from selfsup.eval.cluster import ClusterProbe
+
+    model = as_model(run, device)
+    dataset = labelled(model, data, "clustering")
+    if baselines:
+        extractors = {name: pair[0] for name, pair in baseline_extractors(model, dataset, dataset).items()}
+    else:
+        extractors = {"encoder": model.features(dataset)}
+    results = {}
+    for name, features in extractors.items():
+        probe = ClusterProbe(k=k, seed=seed)
+        results[name] = probe.fit(features, dataset.labels).evaluate(features, dataset.labels)
+    record: dict[str, Any] = {"train": None, "test": _spec(data), "k": k, "metrics": results["encoder"]}
+    if baselines:
+        record["baselines"] = {name: r for name, r in results.items() if name != "encoder"}
+    write_record(model, "cluster", out, record)
+    return results["encoder"]
+
+
+__all__ = [
+    "evaluate_cluster",
+    "evaluate_layer",
+    "stacked_layers",
+    "as_model",
+    "baseline_extractors",
+    "classification_record",
+    "evaluate_fewshot",
+    "evaluate_knn",
+    "evaluate_linear",
+    "feature_sets",
+    "labelled",
+    "write_record",
+]

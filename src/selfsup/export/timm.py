@@ -1,0 +1,192 @@
+"""The ``timm`` format: our ResNet-18/50 (ImageNet stem, width 64) as timm's ``resnet18`` / ``resnet50``.
+
+timm's ResNet (``timm/models/resnet.py``, huggingface/pytorch-image-models; itself torchvision's
+layout) names its modules ``conv1``, ``bn1``, ``act1``, ``maxpool``, ``layer1`` … ``layer4``,
+``global_pool``, ``fc``; a ``BasicBlock`` has ``conv1, bn1, conv2, bn2`` and a ``Bottleneck``
+``conv1 … conv3, bn1 … bn3``, both with ``downsample = Sequential(conv 1x1 strided, BatchNorm)`` on
+the first block of a stage whose shape changes. Our ResNet (``selfsup.encoders.image``) has the
+same computation under other names, so the export is a renaming of keys:
+
+=====================  ==========================
+ours                   timm
+=====================  ==========================
+``stem.0.*``           ``conv1.*`` (7x7, stride 2)
+``stem.1.*``           ``bn1.*``
+``stages.{i}.{j}.X``   ``layer{i+1}.{j}.X``
+=====================  ==========================
+
+Checked against timm's source: the Bottleneck's stride sits on its 3x3 ``conv2`` in both ("ResNet
+v1.5", torchvision's and timm's default ``resnet50``); the shortcut is a projection exactly where
+``stride != 1 or inplanes != planes * expansion``, a 1x1 convolution without padding then a
+BatchNorm (timm's ``downsample_conv`` with ``down_kernel_size=1``), as ours (``_shortcut``); both
+stems are conv 7x7/2 (padding 3), BN, ReLU, max-pool 3x3/2 (padding 1); pooling is a global average.
+``zero_init_residual`` changes only the initial values, not the structure.
+
+The classifier is omitted: timm builds a headless backbone with ``num_classes=0`` (``fc`` becomes
+``nn.Identity`` and the model returns the pooled ``(B, 512)`` / ``(B, 2048)`` features), so the
+state dict loads with ``strict=True`` into ``timm.create_model("resnet18", num_classes=0)``.
+``config.json`` follows the layout of timm's Hub configs (``architecture``, ``num_classes``,
+``num_features``, ``pretrained_cfg`` with ``input_size``, ``mean``, ``std``, ``interpolation``,
+``crop_pct``), using only fields of timm's ``PretrainedCfg``.
+
+Encoders without a timm equivalent (the CIFAR stem, other widths, ``small_cnn``, ``mlp``) are
+refused with the formats that do work. timm itself cannot be installed here (it needs
+torchvision): the tests load the export into a reference module with timm's module structure.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from selfsup.augment.base import ImageTransform
+from selfsup.encoders import Encoder
+from selfsup.encoders.image import BasicBlock, Bottleneck, ResNet
+from selfsup.errors import ConfigError
+from selfsup.export.base import EXPORT_DIR, EXPORTERS, write_json
+from selfsup.io import save_tensors_atomic
+
+if TYPE_CHECKING:
+    from selfsup.api import Pretrained
+
+WEIGHTS = "model.safetensors"  # the name timm looks for first in a Hub repo or a local directory
+CONFIG = "config.json"
+# (block type, blocks per stage) -> timm architecture; both need width 64 (timm's channels
+# (64, 128, 256, 512), stem width 64).
+TIMM_ARCHITECTURES: dict[tuple[type, tuple[int, ...]], str] = {
+    (BasicBlock, (2, 2, 2, 2)): "resnet18",
+    (Bottleneck, (3, 4, 6, 3)): "resnet50",
+}
+TIMM_WIDTH = 64
+# Module names inside a block that timm shares with ours (activations and pools hold no weights).
+_BLOCK_MODULES = {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample"}
+_STAGE_KEY = re.compile(r"stages\.(\d+)\.(\d+)\.([a-z_]+\d*)\.(.+)")
+
+
+def timm_unsupported_reason(encoder: Encoder) -> str | None:
+    """Why ``encoder`` has no timm equivalent (None when it is timm's resnet18 or resnet50)."""
+    if not isinstance(encoder, ResNet):
+        return (
+            f"{type(encoder).__name__} has no timm equivalent (timm export covers ResNet-18 and "
+            "ResNet-50 with the ImageNet stem)"
+        )
+    if encoder.stem_kind != "imagenet":
+        return (
+            f"the {encoder.stem_kind} stem (3x3 stride-1 convolution, no max-pool) has no timm equivalent; "
+            "timm's ResNets start with a 7x7 stride-2 convolution and a max-pool (encoder.stem=imagenet)"
+        )
+    width = encoder.stem[0].out_channels
+    if width != TIMM_WIDTH:
+        return f"width {width} has no timm equivalent (timm's resnet18 / resnet50 have width {TIMM_WIDTH})"
+    if encoder.in_channels != 3:
+        return f"{encoder.in_channels} input channels (the timm export describes RGB input)"
+    layout = (type(encoder.stages[0][0]), tuple(len(stage) for stage in encoder.stages))
+    if layout not in TIMM_ARCHITECTURES:
+        return f"a ResNet of {layout[0].__name__} x {layout[1]} has no timm counterpart here"
+    return None
+
+
+def timm_architecture(encoder: Encoder) -> str:
+    """timm's model name for ``encoder`` (``resnet18`` or ``resnet50``); ConfigError otherwise."""
+    reason = timm_unsupported_reason(encoder)
+    if reason is not None:
+        raise ConfigError(f"cannot export as timm: {reason}")
+    assert isinstance(encoder, ResNet)
+    return TIMM_ARCHITECTURES[(type(encoder.stages[0][0]), tuple(len(s) for s in encoder.stages))]
+
+
+def timm_key(key: str) -> str:
+    """Our ResNet state-dict key → timm's (``stem.0.weight`` → ``conv1.weight``, …)."""
+    if key.startswith("stem.0."):
+        return "conv1." + key.removeprefix("stem.0.")
+    if key.startswith("stem.1."):
+        return "bn1." + key.removeprefix("stem.1.")
+    match = _STAGE_KEY.fullmatch(key)
+    if match is None or match.group(3) not in _BLOCK_MODULES:
+        raise ValueError(f"no timm name for ResNet key {key!r}")
+    stage, block, module, rest = match.groups()
+    return f"layer{int(stage) + 1}.{block}.{module}.{rest}"
+
+
+def to_timm_state_dict(encoder: Encoder) -> dict[str, Tensor]:
+    """The state dict of timm's headless ``resnet18`` / ``resnet50`` (``num_classes=0``: no ``fc``)."""
+    timm_architecture(encoder)
+    return {timm_key(key): value for key, value in encoder.state_dict().items()}
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_size(input_size: int) -> int:
+    """Side of the last feature map of a timm ResNet for a square input (7 at 224)."""
+    side = _conv_out(_conv_out(input_size, 7, 2, 3), 3, 2, 1)  # stem conv, max-pool
+    for _ in range(3):  # stride-2 3x3 convolutions of layer2..layer4
+        side = _conv_out(side, 3, 2, 1)
+    return side
+
+
+def timm_config(model: Pretrained, architecture: str) -> dict[str, Any]:
+    """``config.json`` in the layout of timm's Hub configs, for the headless model."""
+    transform = model.transform
+    assert isinstance(transform, ImageTransform)
+    size = transform.size
+    pretrained_cfg = {
+        "tag": "selfsup",
+        "custom_load": False,
+        "input_size": [3, size, size],
+        "fixed_input_size": False,
+        # Our evaluation transform resizes the whole (square) image to `size`, antialiased bilinear,
+        # without cropping: timm's center crop at crop_pct 1.0 (data.image_size decodes non-square
+        # images by resizing the shorter side and cropping the centre, as timm does).
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "num_classes": 0,
+        "pool_size": [pool_size(size)] * 2,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "description": (
+            f"selfsup {model.config.method.name} pretraining of {architecture} on {model.config.data.source}"
+        ),
+    }
+    return {
+        "architecture": architecture,
+        "num_classes": 0,
+        "num_features": int(model.encoder.embed_dim),
+        "global_pool": "avg",
+        "pretrained_cfg": pretrained_cfg,
+    }
+
+
+def _supports(model: Pretrained) -> str | None:
+    reason = timm_unsupported_reason(model.encoder)
+    if reason is None and not isinstance(model.transform, ImageTransform):
+        return "the run's input transform is not an image transform"
+    return reason
+
+
+@EXPORTERS.register("timm", supports=_supports)
+def export_timm(model: Pretrained, directory: Path) -> dict[str, Any]:
+    """timm-compatible state dict (headless resnet18 / resnet50) and a timm-style config.json."""
+    architecture = timm_architecture(model.encoder)
+    save_tensors_atomic(directory / WEIGHTS, to_timm_state_dict(model.encoder), metadata={"format": "pt"})
+    write_json(directory / CONFIG, timm_config(model, architecture))
+    return {
+        "architecture": architecture,
+        "files": {
+            WEIGHTS: f"state dict of timm's {architecture} with num_classes=0 (no fc)",
+            CONFIG: "timm pretrained_cfg: input_size, mean, std, interpolation, crop_pct",
+        },
+        "usage": (
+            "import timm, safetensors.torch\n"
+            f"model = timm.create_model('{architecture}', num_classes=0)  # headless: pooled features\n"
+            f"model.load_state_dict(safetensors.torch.load_file('{EXPORT_DIR}/{WEIGHTS}'))  # strict\n"
+            "# inputs: RGB resized to pretrained_cfg.input_size, normalised with its mean and std"
+        ),
+    }
