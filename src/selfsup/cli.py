@@ -156,9 +156,21 @@ def _eval_rankme(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from selfsup.eval.protocols import write_embedding_map
     from selfsup.report import write_report
 
+    for run in args.runs:
+        missing = not (Path(run) / "eval" / "embedding_map.json").exists()
+        if not args.no_map and (missing or args.data) and (Path(run) / "config.yaml").exists():
+            try:
+                write_embedding_map(run, args.data, device=args.device)
+            except (SelfsupError, OSError) as error:  # the report still shows everything else
+                print(f"selfsup report: no embedding map for {run}: {error}", file=sys.stderr)
     paths = write_report(args.runs, out=args.out)
+    for note in paths.notes:
+        print(f"  note: {note}", file=sys.stderr)
     print(f"wrote {paths.md} and {paths.html}")
     return 0
 
@@ -352,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("report", help="report.md and a self-contained report.html of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for a multi-run report (one run: the run directory)")
+    p.add_argument("--data", help="source of the embedding map (default: the run's validation/training data)")
+    p.add_argument("--no-map", action="store_true", help="do not compute the 2-D embedding map")
+    p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_report)
 
     p = commands.add_parser("export", help="export the encoder: safetensors, timm, onnx, hf")

@@ -66,7 +66,7 @@ def random_frames(n: int, layers: int, dim: int, seed: int, low: int = 1, high: 
 def test_planted_layer_gets_the_weight_and_the_accuracy(informative: int) -> None:
     x, y = planted(1200, 6, 16, 4, informative, seed=0)
     xt, yt = planted(600, 6, 16, 4, informative, seed=1)
-    probe = WeightedLayerProbe(seed=0).fit(x, y)  # the defaults
+    probe = WeightedLayerProbe(min_steps=300, seed=0).fit(x, y)
     weights = probe.layer_weights
     assert weights.shape == (6,) and float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
     assert int(weights.argmax()) == informative and float(weights[informative]) > 0.5
@@ -96,7 +96,7 @@ def test_one_layer_matches_logistic_regression_on_digits() -> None:
     features = torch.tensor(x, dtype=torch.float32)
     labels = torch.tensor(y)
     # Trained on the same samples as the reference (no validation split); one hidden state.
-    settings = {"lr": 1e-2, "batch_size": 64, "val_fraction": 0.0}
+    settings = {"lr": 1e-2, "batch_size": 64, "val_fraction": 0.0, "min_steps": 500}
     probe = WeightedLayerProbe(**settings)
     probe.fit(features[train].unsqueeze(1), labels[train])
     ours = probe.evaluate(features[test].unsqueeze(1), labels[test])
@@ -127,6 +127,10 @@ def test_fused_forward_equals_weighted_sum_of_standardised_layers() -> None:
         "bld,l->bd", (x - mean) * inv_std, torch.softmax(torch.tensor([0.5, -1.0, 2.0, 0.0]), 0)
     )
     torch.testing.assert_close(model.mix(x), reference, atol=1e-5, rtol=1e-5)
+    # The linear head's folded GEMM is the same function as the head applied to the mixture.
+    torch.testing.assert_close(model(x), model.head(reference), atol=1e-5, rtol=1e-5)
+    mlp = _LayerProbe(mean, inv_std, 3, "mlp", 16)
+    torch.testing.assert_close(mlp(x), mlp.head(weighted_layer_sum((x - mean) * inv_std, mlp.layer_logits)))
     torch.testing.assert_close(weighted_layer_sum((x - mean) * inv_std, model.layer_logits), reference)
     # A zero-initialised weight vector is the plain mean of the layers (S3PRL's starting point).
     torch.testing.assert_close(weighted_layer_sum(x, torch.zeros(4)), x.mean(dim=1), atol=1e-6, rtol=1e-6)
@@ -168,7 +172,7 @@ def test_frame_level_recovers_a_planted_layer() -> None:
 
     train, train_y = make(200, 0)
     test, test_y = make(100, 1)
-    probe = WeightedLayerProbe(batch_size=32).fit(train, train_y)
+    probe = WeightedLayerProbe(batch_size=32, min_steps=300).fit(train, train_y)
     assert probe.fitted_level == "frame"
     assert int(probe.layer_weights.argmax()) == 3 and float(probe.layer_weights[3]) > 0.5
     keep, keep_t = train_y != -1, test_y != -1
@@ -257,6 +261,9 @@ def test_validation_picks_the_best_round_and_stops_early() -> None:
     # The best state is the one kept: re-scoring the validation split reproduces its accuracy.
     _, val = train_val_split(y, 0.2, seed=0)
     assert probe.evaluate(x[val], y[val])["top1"] == pytest.approx(best["val_top1"])
+    summary = json.loads(json.dumps(probe.to_dict()))
+    assert summary["layer_weights"] == pytest.approx(probe.layer_weights.tolist())
+    assert summary["history"] == history and summary["settings"]["patience"] == 2
 
 
 def test_min_steps_stretches_short_epochs_but_scores_epochs_times() -> None:
@@ -264,9 +271,6 @@ def test_min_steps_stretches_short_epochs_but_scores_epochs_times() -> None:
     probe = WeightedLayerProbe(epochs=5, min_steps=50).fit(x, y)
     assert [row["step"] for row in probe.history] == [10, 20, 30, 40, 50]
     assert [row["epoch"] for row in probe.history] == [5.0, 10.0, 15.0, 20.0, 25.0]
-    summary = json.loads(json.dumps(probe.to_dict()))
-    assert summary["layer_weights"] == pytest.approx(probe.layer_weights.tolist())
-    assert summary["history"] == history and summary["settings"]["patience"] == 2
 
 
 def test_top5_only_with_more_than_five_classes() -> None:

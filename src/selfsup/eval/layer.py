@@ -203,15 +203,18 @@ class _Rows:
     labels: Tensor
     lengths: Tensor | None  # None: one row per sample
 
+    def __post_init__(self) -> None:
+        lengths = self.lengths
+        self.offsets = None if lengths is None else torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
     @property
     def num_samples(self) -> int:
         return self.values.shape[0] if self.lengths is None else self.lengths.shape[0]
 
     def rows(self, samples: Tensor) -> Tensor:
-        if self.lengths is None:
+        if self.lengths is None or self.offsets is None:
             return samples
-        offsets = torch.cat([self.lengths.new_zeros(1), self.lengths.cumsum(0)])
-        return frame_rows(offsets, self.lengths, samples)
+        return frame_rows(self.offsets, self.lengths, samples)
 
     def labelled_samples(self) -> Tensor:
         """Samples with at least one labelled row."""
@@ -291,7 +294,16 @@ class _LayerProbe(nn.Module):
         return (hidden * scale).sum(dim=1) - (scale * self.mean).sum(dim=0)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.head(self.mix(hidden))
+        if not isinstance(self.head, nn.Linear):
+            return self.head(self.mix(hidden))
+        # Linear head: fold the layer weights, the standardisation and the head into one
+        # (L * D, C) matrix, so a batch costs one GEMM forward and one backward (same result as
+        # head(mix(hidden)), about twice as fast for L = 25, D = 1024 as the elementwise sum).
+        scale = self.layer_logits.softmax(dim=0).unsqueeze(1) * self.inv_std  # (L, D)
+        weight = self.head.weight  # (C, D)
+        folded = (scale.unsqueeze(2) * weight.T.unsqueeze(0)).flatten(0, 1)  # (L * D, C)
+        bias = self.head.bias - weight @ (scale * self.mean).sum(dim=0)
+        return hidden.flatten(1) @ folded + bias
 
 
 def _layer_statistics(source: _Rows, samples: Tensor, batch: int) -> tuple[Tensor, Tensor]:
@@ -322,6 +334,17 @@ def _layer_statistics(source: _Rows, samples: Tensor, batch: int) -> tuple[Tenso
     # A constant dimension carries nothing: leave it centred (zero) instead of dividing by 0.
     inv_std = torch.where(std > 1e-8, 1.0 / std, torch.ones_like(std))
     return mean.float(), inv_std.float()
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Learning-rate factor at step ``n`` of ``total``: half a cosine from 1 to 0, or constant 1."""
+
+    total: int
+    cosine: bool
+
+    def __call__(self, n: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(n, self.total) / self.total)) if self.cosine else 1.0
 
 
 def _chunks(samples: Tensor, size: int) -> Iterator[Tensor]:
@@ -523,9 +546,12 @@ class WeightedLayerProbe:
     def _split(self, source: _Rows, samples: Tensor, level: str) -> tuple[Tensor, Tensor]:
         if self.val_fraction == 0:
             return samples, samples[:0]
-        if level == "utterance":
-            return train_val_split(source.labels, self.val_fraction, seed=self.seed)
-        train, val = random_split(samples.shape[0], self.val_fraction, seed=self.seed)  # by sample, not frame
+        try:
+            if level == "utterance":
+                return train_val_split(source.labels, self.val_fraction, seed=self.seed)
+            train, val = random_split(samples.shape[0], self.val_fraction, seed=self.seed)  # whole samples
+        except DataError as error:
+            raise DataError(f"{error} (or set val_fraction=0 to train on every sample)") from None
         return samples[train], samples[val]
 
     def _test_rows(self, features: Tensor | FrameFeatures, labels: Tensor) -> _Rows:
@@ -574,36 +600,30 @@ class WeightedLayerProbe:
         # and still validate only `epochs` times.
         total = max(self.epochs * per_epoch, self.min_steps)
         ends = [math.ceil(total * k / self.epochs) for k in range(1, self.epochs + 1)]
-        schedule = (
-            torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / total))
-            )
-            if self.cosine
-            else None
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(total, self.cosine))
         batches = self._batches(train)
         self.history, self.best_step = [], 0
         best: tuple[float, float] | None = None
         best_state: dict[str, Tensor] | None = None
-        stale = step = 0
+        stale = done = 0
         for end in ends:
             model.train()
             loss_sum, rows_seen = 0.0, 0
-            for step in range(step + 1, end + 1):
+            for _ in range(end - done):
                 index = source.rows(next(batches))
                 targets = source.labels[index].to(self.device)
                 labelled = int((targets != UNKNOWN_LABEL).sum())
-                if labelled == 0:
-                    continue
-                loss = F.cross_entropy(model(self._batch(source, index)), targets, ignore_index=UNKNOWN_LABEL)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # SUPERB's gradient_clipping: 1
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                loss_sum += float(loss.detach()) * labelled
-                rows_seen += labelled
+                if labelled:  # a batch of frames that are all unknown still counts as a step
+                    logits = model(self._batch(source, index))
+                    loss = F.cross_entropy(logits, targets, ignore_index=UNKNOWN_LABEL)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # SUPERB's gradient_clipping: 1
+                    optimizer.step()
+                    loss_sum += float(loss.detach()) * labelled
+                    rows_seen += labelled
+                schedule.step()
+            done = end
             row = {"step": end, "epoch": end / per_epoch, "train_loss": loss_sum / max(rows_seen, 1)}
             if val.numel():
                 row.update(self._validate(source, val))

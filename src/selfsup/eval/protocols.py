@@ -385,17 +385,43 @@ def evaluate_cluster(
     return results["encoder"]
 
 
+# ---------------------------------------------------------------------------- embedding map
+
+
+def write_embedding_map(
+    run: Run, data: str | Dataset | None = None, *, max_points: int = 2000, seed: int = 0, device: str = "cpu"
+) -> Path:
+    """``RUN/eval/embedding_map.json``: a 2-D PCA of the features of up to ``max_points`` samples of
+    ``data`` (default: the run's validation source, else its training source), with their labels, for
+    the report's map (:func:`selfsup.report.embedding.embedding_map`)."""
+    from selfsup.report.embedding import embedding_map
+
+    model = as_model(run, device)
+    spec = data or model.config.data.val or model.config.data.source
+    dataset = model.load_data(spec) if isinstance(spec, str) else spec
+    if len(dataset) > max_points:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_points]
+        dataset = dataset.subset(order.sort().values)
+    features = model.features(dataset, progress=False)
+    result = embedding_map(features, dataset.labels, dataset.info.classes, max_points=max_points, seed=seed)
+    result["data"] = _spec(spec)
+    target = model.run_dir / "eval" / "embedding_map.json"
+    write_text_atomic(target, json.dumps(result) + "\n")
+    return target
+
+
 __all__ = [
-    "evaluate_cluster",
-    "evaluate_layer",
-    "stacked_layers",
     "as_model",
     "baseline_extractors",
     "classification_record",
+    "evaluate_cluster",
     "evaluate_fewshot",
     "evaluate_knn",
+    "evaluate_layer",
     "evaluate_linear",
     "feature_sets",
     "labelled",
+    "stacked_layers",
+    "write_embedding_map",
     "write_record",
 ]
