@@ -83,7 +83,7 @@ def build_parts(
     config = resolve_components(small_config(method, encoder), data.info)
     transform = fit_transform(config, data)
     torch.manual_seed(seed)
-    built = build_method(config, build_encoder(config, data.info))
+    built = build_method(config, build_encoder(config, data.info), data.info)
     policy = build_policy(config, data.info, transform, built.encoder)
     return built, policy, transform, data
 

@@ -75,7 +75,8 @@ def test_loss_is_deterministic_and_permutation_invariant(method_name: str, encod
     loss = a(views, STEP).loss
     assert torch.equal(loss, b(views, STEP).loss)
     order = torch.randperm(views.batch_size, generator=torch.Generator().manual_seed(1))
-    permuted = Views(inputs=[x[order] for x in views.inputs], num_global=views.num_global)
+    labels = None if views.labels is None else views.labels[order]
+    permuted = Views(inputs=[x[order] for x in views.inputs], num_global=views.num_global, labels=labels)
     torch.testing.assert_close(b(permuted, STEP).loss, loss, rtol=1e-5, atol=1e-6)
 
 

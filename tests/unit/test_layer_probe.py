@@ -66,7 +66,7 @@ def random_frames(n: int, layers: int, dim: int, seed: int, low: int = 1, high: 
 def test_planted_layer_gets_the_weight_and_the_accuracy(informative: int) -> None:
     x, y = planted(1200, 6, 16, 4, informative, seed=0)
     xt, yt = planted(600, 6, 16, 4, informative, seed=1)
-    probe = WeightedLayerProbe(min_steps=300, seed=0).fit(x, y)
+    probe = WeightedLayerProbe(min_steps=0, seed=0).fit(x, y)
     weights = probe.layer_weights
     assert weights.shape == (6,) and float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
     assert int(weights.argmax()) == informative and float(weights[informative]) > 0.5
@@ -79,7 +79,7 @@ def test_planted_layer_gets_the_weight_and_the_accuracy(informative: int) -> Non
 def test_mlp_head_also_finds_the_planted_layer() -> None:
     x, y = planted(1200, 5, 16, 4, 2, seed=0)
     xt, yt = planted(600, 5, 16, 4, 2, seed=1)
-    probe = WeightedLayerProbe(head="mlp", hidden_dim=32, min_steps=300).fit(x, y)
+    probe = WeightedLayerProbe(head="mlp", hidden_dim=32, min_steps=0).fit(x, y)
     assert int(probe.layer_weights.argmax()) == 2 and float(probe.layer_weights[2]) > 0.5
     oracle = oracle_accuracy(x[:, 2].numpy(), y.numpy(), xt[:, 2].numpy(), yt.numpy())
     # A 32-unit MLP on 1,200 samples overfits the noise layers a little: a looser bound than linear's.
@@ -96,7 +96,7 @@ def test_one_layer_matches_logistic_regression_on_digits() -> None:
     features = torch.tensor(x, dtype=torch.float32)
     labels = torch.tensor(y)
     # Trained on the same samples as the reference (no validation split); one hidden state.
-    settings = {"lr": 1e-2, "batch_size": 64, "val_fraction": 0.0, "min_steps": 500}
+    settings = {"lr": 1e-2, "batch_size": 64, "val_fraction": 0.0, "min_steps": 1000}
     probe = WeightedLayerProbe(**settings)
     probe.fit(features[train].unsqueeze(1), labels[train])
     ours = probe.evaluate(features[test].unsqueeze(1), labels[test])
@@ -105,9 +105,11 @@ def test_one_layer_matches_logistic_regression_on_digits() -> None:
     assert abs(ours["top1"] - reference) <= 2.0
     assert set(ours) == {"top1", "top5"} and ours["top5"] >= ours["top1"]
     assert probe.layer_weights.tolist() == [1.0]
-    # (N, D) is read as one layer: the same probe.
-    flat = WeightedLayerProbe(**settings)
-    assert flat.fit(features[train], labels[train]).evaluate(features[test], labels[test]) == ours
+    # (N, D) is read as one layer: the same probe (checked on a short run).
+    short = {"epochs": 2, "min_steps": 0}
+    one = WeightedLayerProbe(**short).fit(features[train].unsqueeze(1), labels[train])
+    flat = WeightedLayerProbe(**short).fit(features[train], labels[train])
+    assert torch.equal(one.predict(features[test].unsqueeze(1)), flat.predict(features[test]))
 
 
 # --- the model's maths ----------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_frame_level_recovers_a_planted_layer() -> None:
 
     train, train_y = make(200, 0)
     test, test_y = make(100, 1)
-    probe = WeightedLayerProbe(batch_size=32, min_steps=300).fit(train, train_y)
+    probe = WeightedLayerProbe(batch_size=32, min_steps=400).fit(train, train_y)
     assert probe.fitted_level == "frame"
     assert int(probe.layer_weights.argmax()) == 3 and float(probe.layer_weights[3]) > 0.5
     keep, keep_t = train_y != -1, test_y != -1

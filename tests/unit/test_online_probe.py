@@ -19,7 +19,6 @@ from selfsup.build import build_encoder, build_method, build_policy, fit_transfo
 from selfsup.methods import StepInfo
 from selfsup.methods import finetune as _finetune  # noqa: F401  (registers the method)
 from selfsup.train import checkpoint as ckpt
-from selfsup.train.knn_monitor import rankme
 from selfsup.train.loop import pretrain_run
 from selfsup.train.monitor import read_metrics
 from selfsup.train.online_probe import OnlineProbe
@@ -41,14 +40,6 @@ RUN = [
     "train.device=cpu",
     "augment.params={blur_p: 0.0}",
 ]
-
-
-def test_rankme_matches_numpy() -> None:
-    z = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)) * torch.arange(1.0, 9.0)
-    s = np.linalg.svd(z.double().numpy(), compute_uv=False)
-    p = s / s.sum() + 1e-7
-    assert rankme(z) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-12)
-    assert rankme(torch.ones(10, 4)) == pytest.approx(1.0, abs=1e-5)  # one direction
 
 
 def test_probe_step_is_adamw_on_the_mean_loss_of_the_labelled_samples() -> None:
@@ -126,15 +117,20 @@ def test_probe_leaves_the_encoder_alone_learns_and_resumes_exactly(tmp_path: Pat
 
 
 def test_probe_is_above_chance_on_digits(tmp_path: Path) -> None:
-    """10 classes (chance 10%): after 120 steps on the moving encoder's features, well above chance."""
+    """10 classes (chance 10%, 51 held-out queries): after 60 steps on the moving encoder's features
+    the probe is at about 25% (our measurement; 35% after 120 steps): above twice chance."""
     quick = [
-        "train.knn_every=0",
-        "train.checkpoint_every=120",
-        "train.log_every=60",
+        "encoder.width=8",
+        "optim.name=adamw",
+        "optim.lr=0.003",
+        "optim.lr_scaling=none",
         "eval.online_probe_lr=0.05",
+        "train.knn_every=0",
+        "train.log_every=30",
+        "train.checkpoint_every=60",
     ]
-    result = pretrain_run(make_config(steps=120, overrides=RUN + quick), tmp_path / "run")
-    assert result.summary["online_top1"] > 30.0
+    result = pretrain_run(make_config(steps=60, overrides=RUN + quick), tmp_path / "run")
+    assert result.summary["online_top1"] > 20.0
 
 
 def test_a_run_without_labels_gets_a_label_free_monitor(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ are in :mod:`selfsup.augment.functional`, the vector ones in :mod:`selfsup.augme
 """
 
 from selfsup.augment import policies as _policies  # noqa: F401  (registers the image view policies)
+from selfsup.augment import supervised as _supervised  # noqa: F401  (registers the supervised policies)
 from selfsup.augment import vector as _vector  # noqa: F401  (registers the vector view policies)
 from selfsup.augment.base import (
     IMAGENET_MEAN,

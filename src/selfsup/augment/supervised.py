@@ -2,8 +2,8 @@
 
 ``supervised`` (images): a random resized crop and a horizontal flip, no colour changes, as the
 fine-tuning recipes of MAE / BEiT without their RandAugment and mixing (which need more epochs than
-the few-label regime gives). ``vector_supervised`` (vectors): the standardized vectors, with optional
-light Gaussian noise (none by default).
+the few-label regime gives). ``vector_supervised`` (vectors): the standardized vectors plus light
+Gaussian noise (std 0.05 of a standardized column; 0 turns it off).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def supervised(
 
 @VIEW_POLICIES.register("vector_supervised", modality="vector")
 def vector_supervised(
-    info: DataInfo, transform: VectorTransform, noise_std: float = 0.0
+    info: DataInfo, transform: VectorTransform, noise_std: float = 0.05
 ) -> VectorNoisePolicy:
-    """One view: the standardized vectors plus Gaussian noise of std ``noise_std`` (0: none)."""
+    """One view: the standardized vectors plus light Gaussian noise of std ``noise_std`` (0: none)."""
     if info.modality != "vector" or not isinstance(transform, VectorTransform):
         raise ValueError(
             f"the vector_supervised view policy is for vectors, but the data holds {info.modality} samples"

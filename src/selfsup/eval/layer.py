@@ -8,10 +8,13 @@ vector initialised to zeros; the features are ``sum_l softmax(w)_l * h_l``. Its 
 in SUPERB to ensure the fidelity of each upstream's extracted representation", so there is no layer
 norm here either.
 
-Heads, as S3PRL's downstream models: utterance level (``s3prl/nn/common.py::UtteranceLevel``; the
-speaker-id, emotion and keyword configs use ``MeanPooling`` then a linear layer) — frames mean-pooled
-per sample, then a linear layer (default) or a one-hidden-layer MLP (``hidden_dim`` 256 is their
-``projector_dim``); frame level (``phone_linear``, ``FrameLevel``) — the same head on every frame.
+Heads, as S3PRL's downstream models. Utterance level: the speaker-id, emotion and keyword-spotting
+configs (``downstream/{voxceleb1,emotion,speech_commands}/config.yaml``) project the frames to
+``projector_dim: 256``, mean-pool them per sample (``UtteranceLevel`` with ``MeanPooling``) and apply a
+linear layer, with no activation in between: a linear map. Here the frames are mean-pooled per
+sample and the head is a linear layer (default; that map without the rank-256 bottleneck) or a
+one-hidden-layer ReLU MLP (``hidden_dim``, 256 as ``projector_dim``). Frame level
+(``downstream/phone_linear``): the same head on every frame.
 
 Deliberate differences, because this probe trains on cached features in seconds rather than on
 audio for 30k–500k steps:
@@ -20,9 +23,10 @@ audio for 30k–500k steps:
   Within a layer this is an affine change a linear head absorbs; across layers it removes scale,
   so the weights say which layer is informative rather than which is largest (ResNet stages or
   residual streams grow by orders of magnitude). ``standardize=False`` is S3PRL's exact featurizer.
-* AdamW with a larger learning rate (1e-3 for the head) than SUPERB's Adam/AdamW at 1e-4 / 2e-4
+* AdamW with a larger learning rate (3e-3 for the head) than SUPERB's Adam/AdamW at 1e-4 / 2e-4
   (``voxceleb1``, ``emotion``, ``speech_commands``, ``phone_linear`` configs), and a separate,
-  larger one (``weights_lr``) for the layer logits, which must move by O(1) in a few hundred steps;
+  larger one (``weights_lr``, 5e-2) for the layer logits, which must move by O(1) in a few hundred
+  steps;
   no weight decay on the logits (it would pull them back to uniform). Gradients clipped to norm 1
   (SUPERB's ``gradient_clipping: 1``).
 * Utterance-level frames are pooled *before* the weighted sum. The weighted sum and the mean are
@@ -30,12 +34,13 @@ audio for 30k–500k steps:
   instead of every epoch is what makes large sets cheap.
 * The training length is chosen on a validation split carved from the training data (SUPERB
   keeps the checkpoint best on ``dev``); the test set is never looked at before ``evaluate``.
-* Cosine-decayed learning rate (DINOv2's linear evaluation), so the short run settles.
+* Cosine-decayed learning rate (DINOv2's linear evaluation; SUPERB's is constant), so the short run
+  settles; at least ``min_steps`` (1000) steps however small the set.
 
 Shapes: ``L`` hidden states of width ``D``; ``N`` samples; ``T`` frames of all samples concatenated
 (:class:`~selfsup.eval.features.FrameFeatures`, from ``extract_features(..., layers=[...],
 stack=True, pooling="none")``). Everything runs per mini-batch of samples: only a batch of
-features is ever copied (gathered, standardised) at a time.
+features is ever copied (gathered) at a time; the standardisation is folded into the weights.
 """
 
 from __future__ import annotations
@@ -243,13 +248,13 @@ def _resolve(features: Tensor | FrameFeatures, labels: Tensor, level: str) -> tu
     if not isinstance(labels, Tensor) or labels.ndim != 1:
         raise DataError(f"labels must be (N,) per sample or (T,) per frame, got {labels!r:.80}")
     if level == "auto":
-        if n == t and not bool((lengths == 1).all()):
-            raise ConfigError(
-                f"{n} labels fit both {n} samples and {t} frames; say level='utterance' or level='frame'"
-            )
         if labels.shape[0] not in (n, t):
             raise DataError(
                 f"labels has {labels.shape[0]} entries: give one per sample ({n}) or one per frame ({t})"
+            )
+        if n == t and not bool((lengths == 1).all()):
+            raise ConfigError(
+                f"{n} labels fit both {n} samples and {t} frames; say level='utterance' or level='frame'"
             )
         level = "utterance" if labels.shape[0] == n else "frame"
     if level == "utterance":
@@ -317,7 +322,7 @@ def _layer_statistics(source: _Rows, samples: Tensor, batch: int) -> tuple[Tenso
     square = torch.zeros(num_layers, dim, dtype=torch.float64)
     count = 0
     for chunk in _chunks(samples, batch):
-        rows = source.values.index_select(0, source.rows(chunk)).float()
+        rows = source.values.index_select(0, source.rows(chunk).to(source.values.device)).float().cpu()
         if rows.shape[0] == 0:
             continue
         if not bool(torch.isfinite(rows).all()):
@@ -570,6 +575,7 @@ class WeightedLayerProbe:
         return source
 
     def _batch(self, source: _Rows, rows: Tensor) -> Tensor:
+        rows = rows.to(source.values.device)
         return source.values.index_select(0, rows).to(device=self.device, dtype=torch.float32)
 
     def _optimizer(self, model: _LayerProbe) -> torch.optim.AdamW:

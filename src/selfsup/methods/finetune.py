@@ -52,7 +52,7 @@ def layer_decay_groups(
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
-@METHODS.register("finetune")
+@METHODS.register("finetune", supervised=True)
 class FineTune(Method):
     """Supervised fine-tuning of the encoder with a linear head.
 

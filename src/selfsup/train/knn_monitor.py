@@ -12,7 +12,6 @@ probe, its top-1 on the same held-out queries is reported as ``online_top1``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,24 +23,7 @@ from selfsup.data.base import UNKNOWN_LABEL, Dataset
 from selfsup.encoders.base import Encoder
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
-
-# RankMe's epsilon (Garrido et al. 2023, eq. 1), keeping log(p) finite for zero singular values.
-RANKME_EPS = 1e-7
-
-
-def rankme(features: Tensor) -> float:
-    """RankMe (Garrido et al., ICML 2023, eq. 1) of ``features`` ``(N, D)``: ``exp(H(p))`` where
-    ``p_k = sigma_k / ||sigma||_1 + eps`` over the ``min(N, D)`` singular values of the features
-    (not centred, as in the paper). Between 1 (collapse to one direction) and ``min(N, D)``.
-
-    Inline until ``selfsup.eval.rank.rankme`` is the one implementation; computed in float64.
-    """
-    sigma = torch.linalg.svdvals(features.detach().double().cpu())
-    total = sigma.sum()
-    if not total > 0:
-        return 1.0
-    p = sigma / total + RANKME_EPS
-    return float(math.exp(float(-(p * p.log()).sum())))
+from selfsup.eval.rank import rankme
 
 
 def labeled_sample(dataset: Dataset, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -116,7 +116,9 @@ class OnlineProbe:
         labels = labels.to(self.device)
         keep = labels != UNKNOWN_LABEL
         predicted = self.linear(features.to(self.device).float()).argmax(dim=1)
-        return 100.0 * float((predicted == labels)[keep].double().mean()) if bool(keep.any()) else float("nan")
+        if not bool(keep.any()):
+            return float("nan")
+        return 100.0 * float((predicted == labels)[keep].double().mean())
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {PREFIX + k: v for k, v in self.linear.state_dict().items()}
