@@ -26,6 +26,7 @@ COLUMNS = (
     "method",
     "encoder",
     "steps",
+    "finished",
     "pretrain_s",
     "samples_per_s",
     "peak_memory_mb",
@@ -102,6 +103,8 @@ def _pretrain_row(
         "method": summary.get("method") if method != "random-init" else "random init",
         "encoder": summary.get("encoder"),
         "steps": summary.get("steps"),
+        # "no": the time budget stopped it before train.steps (its schedule had not annealed)
+        "finished": "yes" if result.finished else "no",
         "pretrain_s": summary.get("wall_seconds"),
         "samples_per_s": summary.get("samples_per_s"),
         "peak_memory_mb": summary.get("peak_memory_mb"),
@@ -120,8 +123,8 @@ def run_benchmark(
     device: str = "cpu",
     overrides: list[str] | None = None,
 ) -> BenchResult:
-    """Pretrain ``methods`` x ``encoders`` on each of ``data`` (``budget_s`` seconds of pretraining per
-    run at most, or ``steps``), probe each on the matching ``test`` source (kNN and the linear probe
+    """Pretrain ``methods`` x ``encoders`` on each of ``data`` (``steps`` each, stopped early after
+    ``budget_s`` seconds of pretraining: ``train.time_limit_s``), probe each on the matching ``test`` source (kNN and the linear probe
     grid), and write ``OUT/results.md`` and ``OUT/results.csv``. Runs already in ``OUT`` are resumed."""
     datas = [data] if isinstance(data, str) else list(data)
     tests = [test] if isinstance(test, str) else list(test)

@@ -106,6 +106,7 @@ def _eval_fewshot(args: argparse.Namespace) -> int:
 def _eval_finetune(args: argparse.Namespace) -> int:
     from selfsup.eval.finetune import finetune
 
+    options = {"steps": args.steps} if args.steps is not None else {}
     results = finetune(
         args.run,
         args.train,
@@ -114,8 +115,9 @@ def _eval_finetune(args: argparse.Namespace) -> int:
         label_fraction=args.fraction,
         labels_per_class=args.per_class,
         seed=args.seed,
-        steps=args.steps,
+        resume=args.resume,
         overrides=args.overrides,
+        **options,
     )
     _print_metrics(results, "fine-tuned encoder on the test set (best validation checkpoint)")
     return 0
@@ -338,8 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fraction", type=float, help="fraction of the labels to train on")
     q.add_argument("--per-class", type=int, help="labels per class to train on")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--steps", type=int)
-    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.add_argument("--steps", type=int, help="optimizer steps (default 300; early stopping may end sooner)")
+    q.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    q.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides of the fine-tuning run"
+    )
     q.set_defaults(handler=_eval_finetune)
     q = evaluation("layer", "SUPERB-style weighted-layer probe over every hidden state", _eval_layer)
     q.add_argument("--level", choices=["utterance", "frame"], default="utterance")

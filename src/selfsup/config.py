@@ -125,6 +125,9 @@ class TrainConfig:
     """Run the kNN monitor every N steps; None: five times per run; 0: only at the end. Needs labels."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation, e.g. to fit a job time limit."""
+    time_limit_s: float | None = None
+    """Stop (with a checkpoint) once this invocation has trained this many seconds; --resume continues.
+    The learning-rate schedule still spans train.steps, so a run cut short has not annealed."""
     progress: bool = True
     init_from: str | None = None
     """A run directory whose encoder weights the encoder starts from (fine-tuning); its encoder must be
@@ -172,6 +175,7 @@ class Config:
 RUNTIME_KEYS = frozenset(
     {
         "train.stop_after",
+        "train.time_limit_s",
         "train.progress",
         "train.device",
         "data.cache_dir",

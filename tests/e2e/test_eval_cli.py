@@ -173,3 +173,17 @@ def test_bench_writes_markdown_and_csv(tmp_path: Path, capsys: pytest.CaptureFix
     assert "| digits:train | random init | small_cnn |" in table
     for run in ("random-init-small_cnn", "simclr-small_cnn", "byol-small_cnn"):
         assert (tmp_path / "bench" / "digits_train" / run / "eval" / "linear.json").exists()
+
+
+def test_bench_time_budget_stops_runs_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run_cli(
+        capsys, "bench", "--data", "digits:train", "--test", "digits:test", "--encoders", "small_cnn",
+        "--steps", "50", "--budget", "0.001", "--out", str(tmp_path / "bench"), *TINY,
+    )  # fmt: skip
+    assert code == 0
+    header, baseline, simclr = (
+        line.split(",") for line in (tmp_path / "bench" / "results.csv").read_text().splitlines()
+    )
+    row = dict(zip(header, simclr, strict=True))
+    assert row["steps"] == "1" and row["finished"] == "no"  # stopped after its first step, resumable
+    assert dict(zip(header, baseline, strict=True))["finished"] == "yes"

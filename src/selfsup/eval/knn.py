@@ -310,7 +310,6 @@ class KNNProbe:
                 metrics[f"knn_top5@{k}"] = 100.0 * correct5[k] / num_test
         return metrics
 
-
     @torch.no_grad()
     def predict(self, features: Tensor, k: int | None = None) -> Tensor:
         """``(M,)`` the class of the weighted vote of the ``k`` nearest neighbours (default: the first k)

@@ -12,6 +12,7 @@ fewer than three checkpoints no correlation is reported (it would mean nothing).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def rank_correlations(rows: list[dict[str, Any]], scores: list[str], targets: li
                 continue
             x, y = zip(*pairs, strict=True)
             sign = -1.0 if score in LOWER_IS_BETTER else 1.0
-            rho, tau = spearmanr(x, y).statistic, kendalltau(x, y).statistic
+            with warnings.catch_warnings():  # a constant score or accuracy: undefined, reported as None
+                warnings.simplefilter("ignore")
+                rho, tau = spearmanr(x, y).statistic, kendalltau(x, y).statistic
             out[f"{score}~{target}"] = {
                 "spearman": None if not _finite(rho) else round(sign * float(rho), 4),
                 "kendall": None if not _finite(tau) else round(sign * float(tau), 4),

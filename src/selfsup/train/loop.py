@@ -588,11 +588,24 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
             if stopping:
                 bar.write(f"step {step}: no improvement in {train.patience} validations, stopping early")
                 break
+            if _out_of_time(train.time_limit_s, run_start, s.device) and s.step < stop_at:
+                bar.write(
+                    f"step {step}: train.time_limit_s={train.time_limit_s} reached, stopping (resumable)"
+                )
+                break
     finally:
         if loader is not None:
             loader.close()
     bar.close()
     return _finish(s, run_start, last_logs)
+
+
+def _out_of_time(limit: float | None, start: float, device: torch.device) -> bool:
+    """Whether the time limit has passed, agreed by every process (one tiny collective, only with a limit)."""
+    if limit is None:
+        return False
+    late = torch.tensor(float(time.perf_counter() - start > limit), device=device)
+    return bool(dist.all_reduce_mean(late) > 0)
 
 
 def _checkpoint_due(every: int, keep_every: int | None, step: int) -> bool:
