@@ -124,8 +124,9 @@ def run_benchmark(
     overrides: list[str] | None = None,
 ) -> BenchResult:
     """Pretrain ``methods`` x ``encoders`` on each of ``data`` (``steps`` each, stopped early after
-    ``budget_s`` seconds of pretraining: ``train.time_limit_s``), probe each on the matching ``test`` source (kNN and the linear probe
-    grid), and write ``OUT/results.md`` and ``OUT/results.csv``. Runs already in ``OUT`` are resumed."""
+    ``budget_s`` seconds of pretraining: ``train.time_limit_s``), probe each on the matching ``test``
+    source (kNN and the linear probe grid), and write ``OUT/results.md`` and ``OUT/results.csv``.
+    Runs already in ``OUT`` are resumed."""
     datas = [data] if isinstance(data, str) else list(data)
     tests = [test] if isinstance(test, str) else list(test)
     if len(datas) != len(tests):

@@ -77,7 +77,8 @@ def test_pretrain_writes_a_complete_run_directory(digits_run: Path) -> None:
     ]
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["steps"] == 4 and 0 <= summary["knn_top1@20"] <= 100
-    assert (digits_run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (digits_run / "plots" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (digits_run / "report.html").exists()
     assert "knn_top1@20" in (digits_run / "report.md").read_text()
     from selfsup.encoders import ENCODERS
 

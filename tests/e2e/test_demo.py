@@ -31,8 +31,12 @@ def test_short_demo_prints_the_table_and_writes_the_run(tmp_path: Path) -> None:
         assert set(row) - set(spread) == {"knn_top1@20", "knn_top5@20", "knn_top1@200", "knn_top5@200"}
         assert all(s >= 0 for s in spread.values())
     assert "linear 10/class" in done.stdout and "±" in done.stdout
-    assert (tmp_path / "demo" / "loss_curve.png").exists()
-    assert "Demo: accuracy on digits:test" in (tmp_path / "demo" / "report.md").read_text()
+    # The report shows the demo's table and the few-label bars of all three feature extractors.
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "raw pixels" in report and "random init" in report
+    fewshot = json.loads((tmp_path / "demo" / "eval" / "fewshot.json").read_text())
+    assert set(fewshot["results_by_features"]) == {"encoder", "random init", "raw inputs"}
+    assert (tmp_path / "demo" / "report.html").exists()
     # A second demo never overwrites the first.
     again = run_demo(tmp_path / "demo", "--steps", "2", "train.knn_every=0")
     assert again.returncode == 0 and (tmp_path / "demo-2" / "demo.json").exists()

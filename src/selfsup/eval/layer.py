@@ -61,7 +61,6 @@ from selfsup.errors import ConfigError, DataError
 from selfsup.eval.base import PROBES
 from selfsup.eval.features import FrameFeatures
 from selfsup.eval.splits import random_split, train_val_split
-from selfsup.io import write_atomic
 
 LEVELS = ("auto", "utterance", "frame")
 HEADS = ("linear", "mlp")
@@ -125,33 +124,16 @@ def plot_layer_weights(
     title: str = "weighted-layer probe",
     layers: Sequence[int | str] | None = None,
 ) -> Path:
-    """Write a PNG bar chart of the softmax layer weights ``(L,)`` (dashed line: uniform ``1/L``)."""
+    """Write a PNG bar chart of the softmax layer weights ``(L,)`` (dashed line: uniform ``1/L``); the
+    same drawing as the report's (:func:`selfsup.report.plots.plot_layer_weights`)."""
+    from selfsup.report.plots import plot_layer_weights as draw
+
     values = [float(w) for w in (weights.tolist() if isinstance(weights, Tensor) else weights)]
     if not values:
         raise ValueError("no layer weights to plot")
-    names = [str(n) for n in (layers if layers is not None else range(len(values)))]
-    if len(names) != len(values):
-        raise ValueError(f"{len(names)} layer names for {len(values)} weights")
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.35 * len(values) + 2.0), 3.5), dpi=100)
-    axis.bar(range(len(values)), values, color="tab:blue")
-    axis.axhline(1.0 / len(values), color="gray", linestyle="--", linewidth=1, label="uniform")
-    axis.set_xticks(range(len(values)), names, rotation=90 if len(values) > 16 else 0)
-    axis.set_xlabel("hidden state (layer)")
-    axis.set_ylabel("softmax weight")
-    axis.set_title(title)
-    axis.legend(loc="upper left", frameon=False)
-    axis.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    try:
-        write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
-    return Path(path)
+    written = draw(values, layers, Path(path), title)
+    assert written is not None
+    return written
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -634,7 +634,7 @@ def _finish(s: Session, run_start: float, last_logs: dict[str, Any]) -> RunResul
         if finished:
             save_tensors_atomic(run_dir / "encoder.safetensors", s.method.encoder.state_dict())
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_report(run_dir, config, summary, s.history)
+        write_report(run_dir)
         print_summary(summary, finished)
     assert s.logger is not None
     s.logger.close()
