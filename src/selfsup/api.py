@@ -13,19 +13,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from selfsup.augment.base import InputTransform
-from selfsup.build import build_encoder, load_data, load_inputs
+from selfsup.build import build_encoder, load_data, load_encoder_weights, load_inputs
 from selfsup.config import Config, apply_dict, apply_overrides, from_dict, load_config, load_recipe, to_dict
 from selfsup.data.base import DataInfo, Dataset
 from selfsup.encoders import Encoder
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.eval.features import extract_features
 from selfsup.io import write_atomic
-from selfsup.train import checkpoint as ckpt
 from selfsup.train.loop import RunResult, pretrain_run
 from selfsup.train.runtime import resolve_device
 
@@ -212,25 +209,6 @@ class _Untrained(Pretrained):
         return super().features(data, **{**options, "cache": False})
 
 
-def encoder_weights_of(checkpoint: Path) -> dict[str, Tensor]:
-    """The encoder's tensors in a training checkpoint (its ``model/encoder.*`` entries)."""
-    model = ckpt.load_checkpoint(checkpoint).model
-    return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
-
-
-def _encoder_weights(run_dir: Path) -> dict[str, Tensor]:
-    weights_path = run_dir / "encoder.safetensors"
-    if weights_path.exists():
-        try:
-            return load_file(str(weights_path))
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"cannot read {weights_path} (corrupt?): {error}") from None
-    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if latest is None:
-        raise CheckpointError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
-    return encoder_weights_of(latest)
-
-
 def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
     """Load the encoder of a run: its final ``encoder.safetensors``, else its latest checkpoint."""
     run_dir = Path(run_dir)
@@ -241,7 +219,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Pretrained:
     info, transform = load_inputs(run_dir)
     encoder = build_encoder(config, info)
     try:
-        encoder.load_state_dict(_encoder_weights(run_dir))
+        encoder.load_state_dict(load_encoder_weights(run_dir))
     except RuntimeError as error:
         raise CheckpointError(f"the weights in {run_dir} do not fit its encoder: {error}") from None
     resolved = resolve_device(device)

@@ -164,7 +164,14 @@ def load_encoder_weights(run_dir: Path) -> dict[str, Tensor]:
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     if latest is None:
         raise CheckpointError(f"{run_dir} has neither encoder.safetensors nor a checkpoint")
-    model = ckpt.load_checkpoint(latest).model
+    return checkpoint_encoder_weights(latest)
+
+
+def checkpoint_encoder_weights(checkpoint: Path) -> dict[str, Tensor]:
+    """The encoder's tensors in one training checkpoint (its ``model/encoder.*`` entries)."""
+    from selfsup.train import checkpoint as ckpt
+
+    model = ckpt.load_checkpoint(checkpoint).model
     return {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
 
 
@@ -213,6 +220,7 @@ __all__ = [
     "build_encoder",
     "build_method",
     "build_policy",
+    "checkpoint_encoder_weights",
     "fit_transform",
     "init_encoder_from",
     "labelled_subset",

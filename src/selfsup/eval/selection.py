@@ -19,29 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selfsup.api import Pretrained, encoder_weights_of
-from selfsup.build import build_policy
+from selfsup.api import Pretrained
+from selfsup.build import build_policy, checkpoint_encoder_weights
 from selfsup.data.base import Dataset
 from selfsup.errors import ConfigError
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import as_model, labelled, write_record
 from selfsup.eval.rank import label_free_scores
+from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.sampler import view_seed
 
 # Scores where a larger value is not better: alignment (a distance) and uniformity (a log-potential).
 LOWER_IS_BETTER = frozenset({"alignment", "uniformity", "dead_fraction"})
 # Reported but not correlated: constants of the encoder (1/sqrt(D)) and flags.
 NOT_SCORES = frozenset({"std_ideal", "collapsed"})
-
-
-def checkpoint_paths(run_dir: Path) -> list[tuple[int, Path]]:
-    """``[(step, json path)]`` of the complete checkpoints of a run, in step order."""
-    found = []
-    for path in (run_dir / "checkpoints").glob("step_*.json"):
-        stem = path.stem.removeprefix("step_")
-        if stem.isdigit() and path.with_suffix(".safetensors").is_file():
-            found.append((int(stem), path))
-    return sorted(found)
 
 
 @torch.no_grad()
@@ -131,10 +122,10 @@ def evaluate_label_free(
         labelled_pair = (labelled(model, train, "kNN"), labelled(model, test, "kNN"))
     candidates: list[tuple[int | None, Pretrained]] = [(None, model)]
     if checkpoints == "all":
-        paths = checkpoint_paths(model.run_dir)
+        paths = list_checkpoints(model.run_dir / "checkpoints")
         if not paths:
             raise ConfigError(f"{model.run_dir} has no checkpoints to score; use --checkpoints last")
-        candidates = [(step, model.with_weights(encoder_weights_of(path))) for step, path in paths]
+        candidates = [(step, model.with_weights(checkpoint_encoder_weights(path))) for step, path in paths]
     rows = []
     for step, candidate in candidates:
         row: dict[str, Any] = {"step": step}
@@ -185,4 +176,4 @@ def format_table(rows: list[dict[str, Any]], correlation: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-__all__ = ["checkpoint_paths", "evaluate_label_free", "policy_views", "rank_correlations"]
+__all__ = ["evaluate_label_free", "policy_views", "rank_correlations"]
