@@ -77,6 +77,8 @@ def _eval_linear(args: argparse.Namespace) -> int:
         layers=args.layers,
         poolings=tuple(args.pooling),
         baselines=args.baselines,
+        train_targets=args.train_targets,
+        test_targets=args.test_targets,
         seed=args.seed,
         device=args.device,
         out=args.out,
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pooling", nargs="+", default=["mean"], choices=["mean", "max"])
     q.add_argument("--baselines", action="store_true", help="also probe a random-init encoder and raw inputs")
     q.add_argument("--seed", type=int, default=0, help="seed of the validation split and the heads")
+    q.add_argument("--train-targets", help="regression: a .npy of float targets, one row per --train sample")
+    q.add_argument("--test-targets", help="regression: a .npy of float targets, one row per --test sample")
     q = evaluation(
         "fewshot", "linear probes on N labels per class or a fraction, over several draws", _eval_fewshot
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from selfsup.cli import main
 
@@ -187,3 +188,42 @@ def test_bench_time_budget_stops_runs_and_says_so(tmp_path: Path, capsys: pytest
     row = dict(zip(header, simclr, strict=True))
     assert row["steps"] == "1" and row["finished"] == "no"  # stopped after its first step, resumable
     assert dict(zip(header, baseline, strict=True))["finished"] == "yes"
+
+
+def test_linear_probe_regression_targets(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A float target per sample (here: the mean ink of each digit image, which the features must carry)
+    gives R² / RMSE; the result agrees with scikit-learn's Ridge on the same standardized features."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+
+    import selfsup
+
+    model = selfsup.load(run_dir)
+    train, test = model.load_data("digits:train"), model.load_data("digits:test")
+    ink = {
+        name: data.batch(torch.arange(len(data))).inputs.float().mean(dim=(1, 2, 3))
+        for name, data in (("train", train), ("test", test))
+    }
+    for name, values in ink.items():
+        np.save(tmp_path / f"{name}.npy", values.numpy())
+    code, out, _ = run_cli(
+        capsys, "eval", "linear", "--run", str(run_dir), "--train", "digits:train", "--test", "digits:test",
+        "--train-targets", str(tmp_path / "train.npy"), "--test-targets", str(tmp_path / "test.npy"),
+    )  # fmt: skip
+    assert code == 0 and "r2" in out
+    saved = record(run_dir, "linear")
+    assert saved["task"] == "regression" and "confusion" not in saved
+    x_train, x_test = model.features(train).numpy(), model.features(test).numpy()
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((x_train - mean) / std, ink["train"].numpy())
+    reference = r2_score(ink["test"].numpy(), ridge.predict((x_test - mean) / std))
+    assert saved["metrics"]["r2"] == pytest.approx(reference, abs=0.05)
+    bad = tmp_path / "short.npy"
+    np.save(bad, np.zeros(5))
+    code, _, err = run_cli(
+        capsys, "eval", "linear", "--run", str(run_dir), "--train", "digits:train", "--test", "digits:test",
+        "--train-targets", str(bad), "--test-targets", str(tmp_path / "test.npy"),
+    )  # fmt: skip
+    assert code == 2 and "1438 samples" in err

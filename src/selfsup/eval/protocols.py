@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -122,23 +123,25 @@ def feature_sets(
     return sets
 
 
-def _probe_rows(
-    name: str,
-    probe: Any,
-    train_sets: dict[str, Tensor],
-    train_data: Dataset,
-    test_sets: dict[str, Tensor],
-    test_data: Dataset,
-) -> dict[str, Any]:
-    probe.fit(train_sets, train_data.labels)
-    metrics = probe.evaluate(test_sets, test_data.labels)
-    return {
-        "features": name,
-        "metrics": metrics,
-        "selected": probe.selected,
-        "grid": probe.grid,
-        "probe": probe,
-    }
+def load_targets(targets: str | Path | Tensor, count: int, what: str) -> Tensor:
+    """Float regression targets ``(N,)`` or ``(N, K)`` for the ``count`` samples of ``what``, in the
+    data's order: a tensor, or a ``.npy`` file (read without unpickling)."""
+    if isinstance(targets, Tensor):
+        values = targets.float()
+    else:
+        path = Path(targets)
+        try:
+            values = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read regression targets {str(path)!r}: {error}") from None
+    if values.ndim not in (1, 2) or values.shape[0] != count:
+        raise ConfigError(
+            f"the regression targets of {what} have shape {tuple(values.shape)}, but it holds {count} "
+            "samples: give (N,) or (N, K) values in the data's order"
+        )
+    if not torch.isfinite(values).all():
+        raise ConfigError(f"the regression targets of {what} contain NaN or infinite values")
+    return values
 
 
 def evaluate_linear(
@@ -149,6 +152,8 @@ def evaluate_linear(
     layers: list[int] | None = None,
     poolings: tuple[str, ...] = ("mean",),
     baselines: bool = False,
+    train_targets: str | Path | Tensor | None = None,
+    test_targets: str | Path | Tensor | None = None,
     seed: int = 0,
     device: str = "cpu",
     out: str | Path | None = None,
@@ -156,53 +161,57 @@ def evaluate_linear(
 ) -> dict[str, float]:
     """Linear probe on frozen features (:class:`~selfsup.eval.linear.LinearProbe`): a grid of learning
     rates x weight decays x the feature sets (``layers`` x ``poolings``) trained jointly, selected on a
-    validation split of the training data (fixed ``seed``), scored on ``test``. With ``baselines`` the
-    same protocol also runs on a randomly initialised encoder and the raw inputs (the rows every SSL
-    number needs beside it). Saved to ``RUN/eval/linear.json``."""
+    validation split of the training data (fixed ``seed``), scored on ``test``: top-1/top-5 and
+    balanced accuracy, or R² / RMSE when ``train_targets`` / ``test_targets`` give float regression
+    targets (``.npy`` files or tensors in the data's order) instead of the data's class labels. With
+    ``baselines`` the same protocol also runs on a randomly initialised encoder and the raw inputs
+    (the rows every SSL number needs beside it). Saved to ``RUN/eval/linear.json``."""
     from selfsup.eval.linear import LinearProbe
 
     model = as_model(run, device)
-    train_data, test_data = (
-        labelled(model, train, "the linear probe"),
-        labelled(model, test, "the linear probe"),
-    )
-    extractors = {"encoder": model}
+    if (train_targets is None) != (test_targets is None):
+        raise ConfigError("give regression targets for both the training and the test data, or neither")
+    regression = train_targets is not None
+    if regression:
+        train_data = model.load_data(train) if isinstance(train, str) else train
+        test_data = model.load_data(test) if isinstance(test, str) else test
+        y_train = load_targets(train_targets, len(train_data), _spec(train))  # type: ignore[arg-type]
+        y_test = load_targets(test_targets, len(test_data), _spec(test))  # type: ignore[arg-type]
+    else:
+        train_data, test_data = (
+            labelled(model, train, "the linear probe"),
+            labelled(model, test, "the linear probe"),
+        )
+        y_train, y_test = train_data.labels, test_data.labels
+    extractors: dict[str, Any] = {"encoder": model}
     if baselines:
         extractors["random init"] = model.random_init()
-    results = {}
+        extractors["raw inputs"] = None
+    results: dict[str, dict[str, Any]] = {}
+    task = "regression" if regression else "classification"
     for name, extractor in extractors.items():
-        probe = LinearProbe(seed=seed, device=str(model.device), **probe_options)
-        results[name] = _probe_rows(
-            name,
-            probe,
-            feature_sets(extractor, train_data, layers, poolings),
-            train_data,
-            feature_sets(extractor, test_data, layers, poolings),
-            test_data,
-        )
-    if baselines:
-        raw = {"raw": raw_input_features(train_data, model.transform)}
-        probe = LinearProbe(seed=seed, device=str(model.device), **probe_options)
-        results["raw inputs"] = _probe_rows(
-            "raw inputs",
-            probe,
-            raw,
-            train_data,
-            {"raw": raw_input_features(test_data, model.transform)},
-            test_data,
-        )
+        if extractor is None:
+            train_sets = {"raw": raw_input_features(train_data, model.transform)}
+            test_sets = {"raw": raw_input_features(test_data, model.transform)}
+        else:
+            train_sets = feature_sets(extractor, train_data, layers, poolings)
+            test_sets = feature_sets(extractor, test_data, layers, poolings)
+        probe = LinearProbe(seed=seed, device=str(model.device), task=task, **probe_options)
+        probe.fit(train_sets, y_train)
+        results[name] = {"metrics": probe.evaluate(test_sets, y_test), "probe": probe, "test_sets": test_sets}
     main = results["encoder"]
-    probe = main["probe"]
-    test_sets = feature_sets(model, test_data, layers, poolings)
     record: dict[str, Any] = {
         "train": _spec(train),
         "test": _spec(test),
         "seed": seed,
+        "task": task,
         "metrics": main["metrics"],
-        "selected": main["selected"],
-        "grid": main["grid"],
+        "selected": main["probe"].selected,
+        "grid": main["probe"].grid,
     }
-    record.update(classification_record(probe.predict(test_sets), test_data.labels, test_data.info.classes))
+    if not regression:
+        predicted = main["probe"].predict(main["test_sets"])
+        record.update(classification_record(predicted, test_data.labels, test_data.info.classes))
     if baselines:
         record["baselines"] = {name: r["metrics"] for name, r in results.items() if name != "encoder"}
     write_record(model, "linear", out, record)
