@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import selfsup
-from selfsup.eval.selection import evaluate_label_free, rank_correlations
+from selfsup.eval.selection import NOT_SCORES, evaluate_label_free, rank_correlations
 from selfsup.io import write_text_atomic
 
 BASE = ["train.progress=false", "train.knn_every=0", "eval.online_probe=false"]
@@ -63,8 +63,8 @@ def across_runs(out: Path, seed: int) -> dict[str, Any]:
         scores = evaluate_label_free(run, "digits:train", train="digits:train", test="digits:test")
         linear = selfsup.evaluate_linear(run, "digits:train", "digits:test")
         rows.append({"run": name, **scores["metrics"], "linear_top1": linear["top1"]})
-    scores = [k for k in rows[0] if k not in ("run", "linear_top1") and not k.startswith("knn")]
-    correlation = rank_correlations(rows, scores, ["knn_top1@20", "linear_top1"])
+    scores = [k for k in rows[0] if k not in {"run", "linear_top1", *NOT_SCORES} and not k.startswith("knn")]
+    correlation = rank_correlations(rows, scores, ["knn_top1@20", "knn_top1@200", "linear_top1"])
     print(f"\nacross {len(rows)} runs (seed {seed}):")
     for row in rows:
         print(

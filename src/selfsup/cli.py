@@ -217,6 +217,8 @@ def _list(args: argparse.Namespace) -> int:
     from selfsup.config import PROVIDED, ConfigError, recipe_names
     from selfsup.data import SOURCES
     from selfsup.encoders import ENCODERS
+    from selfsup.eval import PROBES
+    from selfsup.export import EXPORTERS
     from selfsup.methods import METHODS
 
     sections = {
@@ -224,8 +226,10 @@ def _list(args: argparse.Namespace) -> int:
         "encoders": ENCODERS,
         "sources": SOURCES,
         "views": VIEW_POLICIES,
+        "probes": PROBES,
+        "exports": EXPORTERS,
     }
-    everything = ["modalities", "methods", "encoders", "sources", "views", "recipes"]
+    everything = ["modalities", "methods", "encoders", "sources", "views", "probes", "exports", "recipes"]
     wanted = args.what or everything
     for what in wanted:
         if what not in everything:
@@ -252,7 +256,7 @@ def _list(args: argparse.Namespace) -> int:
             modality = registry.metadata(name).get("modality")
             tag = f"[{modality}] " if modality else ""
             print(f"  {name:<18} {tag}{summary}" if summary or tag else f"  {name}")
-            if args.verbose and what != "sources":
+            if args.verbose and what not in ("sources", "exports"):
                 for option, parameter in registry.parameters(name).items():
                     if option in supplied:
                         continue
@@ -406,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"
     )
     p.add_argument(
-        "what", nargs="*", help="any of: modalities methods encoders sources views recipes (default: all)"
+        "what",
+        nargs="*",
+        help="any of: modalities methods encoders sources views probes exports recipes (default: all)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
     p.set_defaults(handler=_list)

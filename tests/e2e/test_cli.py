@@ -133,6 +133,11 @@ def test_list_shows_every_registry() -> None:
     for name in (
         "simclr",
         "byol",
+        "finetune",
+        "linear",
+        "cluster",
+        "onnx",
+        "timm",
         "resnet18",
         "resnet50",
         "small_cnn",
