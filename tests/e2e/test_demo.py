@@ -44,9 +44,9 @@ def test_short_demo_prints_the_table_and_writes_the_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_full_demo_beats_the_random_encoder_within_three_minutes(tmp_path: Path) -> None:
-    """The issue's claims: pretrained beats random init (must); about raw pixels ("should beat"), our
-    measurements over seeds put SimCLR within noise of raw pixels on this split (bench/RESULTS.md), so
-    the test asks for no more than 1.5 points below them."""
+    """The claims: with every label (kNN) pretrained beats random init and is within noise of raw
+    pixels (no more than 1.5 points below, bench/RESULTS.md); with 1, 5 and 10 labels per class it
+    beats both."""
     start = time.perf_counter()
     done = run_demo(tmp_path / "demo")
     seconds = time.perf_counter() - start
@@ -56,4 +56,10 @@ def test_full_demo_beats_the_random_encoder_within_three_minutes(tmp_path: Path)
     pretrained, random_init, pixels = (results[row]["knn_top1@20"] for row in rows)
     assert pretrained > random_init + 3.0
     assert pretrained >= pixels - 1.5
+    # Where pretraining pays: few labels. Over pretraining seeds 0-2 (bench/RESULTS.md, "Evaluation suite")
+    # the encoder's 1 / 5 / 10 labels-per-class probes gave 77.6 / 93.1 / 94.8 against raw pixels'
+    # 62.5 / 84.4 / 88.9; the margins asked here are about half of those.
+    for column, margin in (("linear 1/class", 7.0), ("linear 5/class", 4.0), ("linear 10/class", 3.0)):
+        assert results[rows[0]][column] > results["raw pixels"][column] + margin, column
+        assert results[rows[0]][column] > results["random init"][column] + margin, column
     assert seconds < 180 + 30  # the 3-minute budget, plus interpreter start-up and loose timing on shared CI

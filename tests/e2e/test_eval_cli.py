@@ -227,3 +227,17 @@ def test_linear_probe_regression_targets(
         "--train-targets", str(bad), "--test-targets", str(tmp_path / "test.npy"),
     )  # fmt: skip
     assert code == 2 and "1438 samples" in err
+
+
+def test_finetune_from_the_command_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ft"
+    code, printed, _ = run_cli(
+        capsys, "eval", "finetune", "--run", str(run_dir), "--train", "digits:train", "--test", "digits:test",
+        "--per-class", "5", "--steps", "12", "--out", str(out), "train.progress=false", "optim.lr=0.003",
+    )  # fmt: skip
+    assert code == 0 and "top1" in printed
+    saved = json.loads((out / "eval" / "finetune.json").read_text())
+    assert saved["labels_per_class"] == 5 and saved["init"] == str(run_dir) and saved["steps"] <= 12
+    assert 0 <= saved["metrics"]["top1"] <= 100 and np.array(saved["confusion"]).sum() == 359

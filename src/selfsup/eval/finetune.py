@@ -116,8 +116,9 @@ def finetune(
     pretrained: bool = True,
     resume: bool = False,
     overrides: list[str] | dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune, evaluate the best weights on ``test_spec``, write and return ``OUT/eval/finetune.json``."""
+) -> dict[str, float]:
+    """Fine-tune, evaluate the best weights on ``test_spec``, write ``OUT/eval/finetune.json`` and return
+    its metrics (top-1 / top-5 in %), as every protocol does."""
     config = finetune_config(
         run_dir,
         train_spec,
@@ -147,7 +148,7 @@ def finetune(
         "val_top1": result.summary.get("best_val_top1"),
     }
     write_text_atomic(out / "eval" / "finetune.json", json.dumps(record, indent=2) + "\n")
-    return record
+    return metrics
 
 
 def _classifier_weights(run: Path) -> dict[str, torch.Tensor]:
