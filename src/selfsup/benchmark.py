@@ -48,7 +48,8 @@ class BenchResult:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "data"
+    # No leading dot (a hidden folder for "../data.tar"); the last 60 characters name the data best.
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-")[-60:] or "data"
 
 
 def _cell(value: Any) -> str:
