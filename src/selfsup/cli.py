@@ -108,7 +108,7 @@ def _eval_fewshot(args: argparse.Namespace) -> int:
 def _eval_finetune(args: argparse.Namespace) -> int:
     from selfsup.eval.finetune import finetune
 
-    options = {"steps": args.steps} if args.steps is not None else {}
+    options = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
     results = finetune(
         args.run,
         args.train,
@@ -349,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-class", type=int, help="labels per class to train on")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--steps", type=int, help="optimizer steps (default 300; early stopping may end sooner)")
+    q.add_argument("--batch-size", type=int, help="default 64; at most the labelled samples drawn")
     q.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
     q.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides of the fine-tuning run"

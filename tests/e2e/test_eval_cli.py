@@ -235,9 +235,16 @@ def test_finetune_from_the_command_line(
     out = tmp_path / "ft"
     code, printed, _ = run_cli(
         capsys, "eval", "finetune", "--run", str(run_dir), "--train", "digits:train", "--test", "digits:test",
-        "--per-class", "5", "--steps", "12", "--out", str(out), "train.progress=false", "optim.lr=0.003",
+        "--per-class", "5", "--steps", "12", "--batch-size", "32", "--out", str(out), "train.progress=false",
+        "optim.lr=0.003",
     )  # fmt: skip
     assert code == 0 and "top1" in printed
     saved = json.loads((out / "eval" / "finetune.json").read_text())
     assert saved["labels_per_class"] == 5 and saved["init"] == str(run_dir) and saved["steps"] <= 12
     assert 0 <= saved["metrics"]["top1"] <= 100 and np.array(saved["confusion"]).sum() == 359
+    # 5 labels per class minus the validation split leave 40 samples: a batch of 64 is a clear error.
+    code, _, err = run_cli(
+        capsys, "eval", "finetune", "--run", str(run_dir), "--train", "digits:train", "--test", "digits:test",
+        "--per-class", "5", "--steps", "2", "--out", str(tmp_path / "ft64"), "train.progress=false",
+    )  # fmt: skip
+    assert code == 2 and "fewer than one batch of 64" in err
