@@ -307,6 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_embed)
 
+    _add_eval_commands(commands)
+    _add_output_commands(commands)
+    p = commands.add_parser(
+        "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"
+    )
+    p.add_argument(
+        "what",
+        nargs="*",
+        help="any of: modalities methods encoders sources views probes exports recipes (default: all)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
+    p.set_defaults(handler=_list)
+
+    p = commands.add_parser("demo", help="SimCLR on the bundled digits in about two minutes on a CPU")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe"
+    )
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_eval_commands(commands: Any) -> None:
+    """``selfsup eval PROTOCOL``: one sub-command per protocol."""
     p = commands.add_parser("eval", help="evaluate a pretrained encoder")
     evaluations = p.add_subparsers(dest="evaluation", required=True)
 
@@ -375,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train", help="with --test: also kNN per checkpoint, and the rank correlation")
     q.add_argument("--test")
 
+
+def _add_output_commands(commands: Any) -> None:
+    """``selfsup report``, ``export`` and ``bench``."""
     p = commands.add_parser("report", help="report.md and a self-contained report.html of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for a multi-run report (one run: the run directory)")
@@ -406,27 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     p.set_defaults(handler=_bench)
-
-    p = commands.add_parser(
-        "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"
-    )
-    p.add_argument(
-        "what",
-        nargs="*",
-        help="any of: modalities methods encoders sources views probes exports recipes (default: all)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="also show each component's options")
-    p.set_defaults(handler=_list)
-
-    p = commands.add_parser("demo", help="SimCLR on the bundled digits in about two minutes on a CPU")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo recipe"
-    )
-    p.set_defaults(handler=_demo)
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
