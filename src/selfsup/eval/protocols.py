@@ -11,6 +11,7 @@ what the protocol adds (the linear grid and its selection, few-label draws, laye
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,10 @@ def evaluate_linear(
     task = "regression" if regression else "classification"
     for name, extractor in extractors.items():
         if extractor is None:
-            train_sets = {"raw": raw_input_features(train_data, model.transform)}
-            test_sets = {"raw": raw_input_features(test_data, model.transform)}
+            raw = raw_inputs(model, train_data, test_data)
+            if raw is None:
+                continue
+            train_sets, test_sets = {"raw": raw[0]}, {"raw": raw[1]}
         else:
             train_sets = feature_sets(extractor, train_data, layers, poolings)
             test_sets = feature_sets(extractor, test_data, layers, poolings)
@@ -221,15 +224,39 @@ def evaluate_linear(
 # ---------------------------------------------------------------------------- few labels
 
 
+# The raw-input baseline holds every input flattened in memory; above this it is skipped with a warning
+# (e.g. 50,000 ImageNet-sized images would need 30 GB), and the record says so.
+RAW_BASELINE_BYTES = 2 * 2**30
+
+
+def raw_inputs(model: Any, train: Dataset, test: Dataset) -> tuple[Tensor, Tensor] | None:
+    """The raw-input baseline ``(train (N, prod(shape)), test (M, ...))`` through the run's input transform,
+    or None (with a warning) when it would take more than :data:`RAW_BASELINE_BYTES`."""
+    width = raw_input_features(train.subset(torch.arange(min(1, len(train)))), model.transform).shape[1]
+    needed = 4 * width * (len(train) + len(test))
+    if needed > RAW_BASELINE_BYTES:
+        warnings.warn(
+            f"raw-input baseline skipped: {len(train) + len(test)} inputs of {width} values would take "
+            f"{needed / 2**30:.1f} GiB (more than {RAW_BASELINE_BYTES / 2**30:.0f} GiB)",
+            stacklevel=2,
+        )
+        return None
+    return raw_input_features(train, model.transform), raw_input_features(test, model.transform)
+
+
 def baseline_extractors(model: Any, train: Dataset, test: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
     """``{name: (train features, test features)}`` for the encoder, the same encoder randomly
-    initialised and the raw inputs (through the run's input transform): the three rows of every table."""
+    initialised and the raw inputs (through the run's input transform; left out when too large, see
+    :func:`raw_inputs`): the rows every table needs."""
     untrained = model.random_init()
-    return {
+    extractors = {
         "encoder": (model.features(train), model.features(test)),
         "random init": (untrained.features(train), untrained.features(test)),
-        "raw inputs": (raw_input_features(train, model.transform), raw_input_features(test, model.transform)),
     }
+    raw = raw_inputs(model, train, test)
+    if raw is not None:
+        extractors["raw inputs"] = raw
+    return extractors
 
 
 def evaluate_fewshot(
