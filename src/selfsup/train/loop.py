@@ -237,6 +237,75 @@ def _input_transform(config: Config, run_dir: Path, dataset: Dataset, resuming: 
     return transform
 
 
+def _build_model(
+    config: Config, dataset: Dataset, device: torch.device, fresh: bool
+) -> tuple[Method, nn.Module]:
+    """The method (its encoder initialised from ``train.init_from`` on a fresh run), on ``device``, and the
+    module the step calls (the method wrapped in DDP when distributed)."""
+    train = config.train
+    seed_everything(train.seed)  # identical initial weights on every process
+    method = build_method(config, build_encoder(config, dataset.info), dataset.info)
+    if train.init_from and fresh:
+        init_encoder_from(train.init_from, config, method.encoder)
+    if train.sync_bn and dist.is_distributed():
+        method = convert_sync_batchnorm(method)
+    method.to(device)
+    if train.channels_last and dataset.info.modality == "image":
+        method.to(memory_format=torch.channels_last)
+    model: nn.Module = method
+    if dist.is_distributed():
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids, **type(method).ddp_options)
+    return method, model
+
+
+def _build_sampler(config: Config, dataset: Dataset) -> StepSampler | None:
+    """The step-to-indices map (None for a 0-step run); a batch larger than the data is a clear error."""
+    train = config.train
+    if train.steps <= 0:
+        return None
+    try:
+        return StepSampler(
+            len(dataset),
+            train.batch_size,
+            seed=train.seed,
+            accumulate=train.accumulate,
+            world_size=dist.world_size(),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _warmup_steps(config: Config) -> int:
+    train, optim = config.train, config.optim
+    warmup = optim.warmup_steps if optim.warmup_steps is not None else train.steps // 10
+    if warmup > train.steps:  # e.g. a recipe's 10-epoch warm-up with a short --steps
+        warnings.warn(
+            f"optim.warmup_steps={warmup} exceeds train.steps={train.steps}; using {train.steps}",
+            stacklevel=3,
+        )
+        warmup = train.steps
+    return warmup
+
+
+def _build_monitor(
+    config: Config, dataset: Dataset, val: Dataset | None, transform: InputTransform, device: torch.device
+) -> KNNMonitor | None:
+    if not dist.is_main():
+        return None
+    return KNNMonitor.build(
+        dataset,
+        val,
+        max_samples=config.eval.monitor_samples,
+        seed=config.train.seed,
+        transform=transform,
+        k=tuple(config.eval.knn_k),
+        temperature=config.eval.knn_temperature,
+        batch_size=config.eval.batch_size,
+        device=device,
+    )
+
+
 def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     train, optim = config.train, config.optim
     device = resolve_device(train.device, dist.local_rank())
@@ -248,17 +317,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     transform = _input_transform(config, run_dir, dataset, latest is not None)
     if device.type == "cuda" and isinstance(dataset, InMemoryDataset) and dataset.nbytes < GPU_RESIDENT_BYTES:
         dataset = dataset.to(device)
-
-    seed_everything(train.seed)  # identical initial weights on every process
-    method = build_method(config, build_encoder(config, dataset.info), dataset.info)
-    if train.init_from and latest is None:
-        init_encoder_from(train.init_from, config, method.encoder)
-    if train.sync_bn and dist.is_distributed():
-        method = convert_sync_batchnorm(method)
-    method.to(device)
-    if train.channels_last and dataset.info.modality == "image":
-        method.to(memory_format=torch.channels_last)
-    policy = build_policy(config, dataset.info, transform, method.encoder)
+    method, model = _build_model(config, dataset, device, fresh=latest is None)
     base_lr = scaled_learning_rate(config)
     optimizer = build_optimizer(
         optim.name,
@@ -269,42 +328,6 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         betas=optim.betas,
         eta=optim.eta,
     )
-    model: nn.Module = method
-    if dist.is_distributed():
-        device_ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids, **type(method).ddp_options)
-    sampler = None
-    if train.steps > 0:
-        try:
-            sampler = StepSampler(
-                len(dataset),
-                train.batch_size,
-                seed=train.seed,
-                accumulate=train.accumulate,
-                world_size=dist.world_size(),
-            )
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    monitor = None
-    if dist.is_main():
-        monitor = KNNMonitor.build(
-            dataset,
-            val,
-            max_samples=config.eval.monitor_samples,
-            seed=train.seed,
-            transform=transform,
-            k=tuple(config.eval.knn_k),
-            temperature=config.eval.knn_temperature,
-            batch_size=config.eval.batch_size,
-            device=device,
-        )
-    warmup = optim.warmup_steps if optim.warmup_steps is not None else train.steps // 10
-    if warmup > train.steps:  # e.g. a recipe's 10-epoch warm-up with a short --steps
-        warnings.warn(
-            f"optim.warmup_steps={warmup} exceeds train.steps={train.steps}; using {train.steps}",
-            stacklevel=2,
-        )
-        warmup = train.steps
     session = Session(
         config=config,
         run_dir=run_dir,
@@ -314,12 +337,12 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         transform=transform,
         method=method,
         model=model,
-        policy=policy,
+        policy=build_policy(config, dataset.info, transform, method.encoder),
         optimizer=optimizer,
-        sampler=sampler,
-        monitor=monitor,
+        sampler=_build_sampler(config, dataset),
+        monitor=_build_monitor(config, dataset, val, transform, device),
         base_lr=base_lr,
-        warmup=warmup,
+        warmup=_warmup_steps(config),
         knn_every=train.knn_every if train.knn_every is not None else max(train.steps // 5, 1),
     )
     _attach_evaluators(session, val_split)
