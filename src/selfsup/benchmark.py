@@ -101,7 +101,7 @@ def _pretrain_row(
     summary = result.summary
     return {
         "data": data,
-        "method": summary.get("method") if method != "random-init" else "random init",
+        "method": summary.get("method"),
         "encoder": summary.get("encoder"),
         "steps": summary.get("steps"),
         # "no": the time budget stopped it before train.steps (its schedule had not annealed)

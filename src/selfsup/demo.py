@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from selfsup.api import Pretrained, load, make_config
-from selfsup.eval.fewshot import few_label_eval
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.protocols import baseline_extractors, write_record
+from selfsup.eval.protocols import baseline_extractors, few_label_by_features, fewshot_record, write_record
 from selfsup.io import write_text_atomic
 from selfsup.report import write_report
 from selfsup.train.loop import pretrain_run
@@ -55,9 +55,9 @@ def run_demo(
     train, test = pretrained.load_data("digits:train"), pretrained.load_data("digits:test")
     extractors = baseline_extractors(pretrained, train, test)
     names = {"encoder": "pretrained (SimCLR)", "random init": "random init", "raw inputs": "raw pixels"}
+    few_label = few_label_by_features(extractors, train, test, per_class=FEW_LABELS, seeds=FEW_LABEL_SEEDS)
     results: dict[str, dict[str, float]] = {}
     spreads: dict[str, dict[str, float]] = {}
-    few_label_records: dict[str, list[dict[str, object]]] = {}
     for key, (train_features, test_features) in extractors.items():
         row = knn_accuracy(
             train_features,
@@ -67,17 +67,8 @@ def run_demo(
             k=tuple(config.eval.knn_k),
             temperature=config.eval.knn_temperature,
         )
-        few = few_label_eval(
-            train_features,
-            train.labels,
-            test_features,
-            test.labels,
-            per_class=FEW_LABELS,
-            seeds=FEW_LABEL_SEEDS,
-        )
         spread = {}
-        few_label_records[key] = few.to_dict()["results"]
-        for setting in few.to_dict()["results"]:
+        for setting in few_label[key].to_dict()["results"]:
             column = f"linear {setting['setting'].replace(' per class', '/class')}"
             row[column], spread[column] = setting["mean"], setting["std"]
         results[names[key]], spreads[names[key]] = row, spread
@@ -90,37 +81,20 @@ def run_demo(
         "seconds": round(seconds, 1),
     }
     write_text_atomic(run_dir / "demo.json", json.dumps(record, indent=2) + "\n")
-    _write_records(pretrained, results, few_label_records)
+    _write_records(pretrained, results, few_label)
     return results
 
 
 def _write_records(
-    pretrained: Pretrained,
-    results: dict[str, dict[str, float]],
-    few_label: dict[str, list[dict[str, object]]],
+    pretrained: Pretrained, results: dict[str, dict[str, float]], few_label: dict[str, Any]
 ) -> None:
     """The demo's numbers as evaluation records, so that the run's report (rewritten here) shows them."""
     encoder, *baselines = results
+    others = {name: results[name] for name in baselines}
     specs = {"train": "digits:train", "test": "digits:test"}
-    write_record(
-        pretrained,
-        "demo",
-        None,
-        {**specs, "metrics": results[encoder], "baselines": {b: results[b] for b in baselines}},
-    )
-    main = few_label["encoder"]
-    write_record(
-        pretrained,
-        "fewshot",
-        None,
-        {
-            **specs,
-            "seeds": list(FEW_LABEL_SEEDS),
-            "metrics": {f"top1 {r['setting']}": r["mean"] for r in main},
-            "results": main,
-            "results_by_features": few_label,
-        },
-    )
+    write_record(pretrained, "demo", None, {**specs, "metrics": results[encoder], "baselines": others})
+    record = fewshot_record("digits:train", "digits:test", FEW_LABEL_SEEDS, few_label)
+    write_record(pretrained, "fewshot", None, record)
     write_report(pretrained.run_dir)
 
 

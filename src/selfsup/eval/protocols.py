@@ -24,6 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.eval.features import POOLINGS, raw_input_features
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.metrics import confusion_matrix, per_class_accuracy
+from selfsup.eval.splits import random_subset
 from selfsup.io import write_text_atomic
 
 Run = Any  # a run directory (str / Path) or a selfsup.api.Pretrained
@@ -259,6 +260,38 @@ def baseline_extractors(model: Any, train: Dataset, test: Dataset) -> dict[str, 
     return extractors
 
 
+def few_label_by_features(
+    extractors: dict[str, tuple[Tensor, Tensor]],
+    train: Dataset,
+    test: Dataset,
+    *,
+    device: str = "cpu",
+    **options: Any,
+) -> dict[str, Any]:
+    """``{name: FewShotResult}``: :func:`~selfsup.eval.fewshot.few_label_eval` (``options``: per_class,
+    fractions, seeds) on each extractor's ``(train features, test features)``."""
+    from selfsup.eval.fewshot import few_label_eval
+
+    return {
+        name: few_label_eval(a, train.labels, b, test.labels, probe_options={"device": device}, **options)
+        for name, (a, b) in extractors.items()
+    }
+
+
+def fewshot_record(train: str, test: str, seeds: tuple[int, ...], results: dict[str, Any]) -> dict[str, Any]:
+    """The ``fewshot`` evaluation record of :func:`few_label_by_features` results (the encoder's first)."""
+    by_features = {name: result.to_dict()["results"] for name, result in results.items()}
+    main = by_features["encoder"]
+    return {
+        "train": train,
+        "test": test,
+        "seeds": list(seeds),
+        "metrics": {f"top1 {r['setting']}": r["mean"] for r in main},
+        "results": main,
+        "results_by_features": by_features,
+    }
+
+
 def evaluate_fewshot(
     run: Run,
     train: str | Dataset,
@@ -275,8 +308,6 @@ def evaluate_fewshot(
     (default 1, 5, 10) or label fractions, ``seeds`` label draws each (mean ± spread), for the encoder
     and — with ``baselines`` — a random-init encoder and the raw inputs. Saved to
     ``RUN/eval/fewshot.json``; returns a printable table."""
-    from selfsup.eval.fewshot import few_label_eval
-
     model = as_model(run, device)
     train_data, test_data = (
         labelled(model, train, "few-label evaluation"),
@@ -291,30 +322,10 @@ def evaluate_fewshot(
         extractors = baseline_extractors(model, train_data, test_data)
     else:
         extractors = {"encoder": (model.features(train_data), model.features(test_data))}
-    by_features = {}
-    tables = []
-    for name, (train_features, test_features) in extractors.items():
-        result = few_label_eval(
-            train_features,
-            train_data.labels,
-            test_features,
-            test_data.labels,
-            per_class=per_class,
-            fractions=fractions,
-            seeds=seed_list,
-            probe_options={"device": str(model.device)},
-        )
-        by_features[name] = result.to_dict()["results"]
-        tables.append(f"{name}:\n{result.table()}")
-    main = by_features["encoder"]
-    record = {
-        "train": _spec(train),
-        "test": _spec(test),
-        "seeds": list(seed_list),
-        "metrics": {f"top1 {r['setting']}": r["mean"] for r in main},
-        "results": main,
-        "results_by_features": by_features,
-    }
+    options = {"per_class": per_class, "fractions": fractions, "seeds": seed_list}
+    results = few_label_by_features(extractors, train_data, test_data, device=str(model.device), **options)
+    tables = [f"{name}:\n{result.table()}" for name, result in results.items()]
+    record = fewshot_record(_spec(train), _spec(test), seed_list, results)
     write_record(model, "fewshot", out, record)
     return "\n\n".join(tables)
 
@@ -434,10 +445,7 @@ def write_embedding_map(
 
     model = as_model(run, device)
     spec = data or model.config.data.val or model.config.data.source
-    dataset = model.load_data(spec) if isinstance(spec, str) else spec
-    if len(dataset) > max_points:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_points]
-        dataset = dataset.subset(order.sort().values)
+    dataset = random_subset(model.load_data(spec) if isinstance(spec, str) else spec, max_points, seed)
     features = model.features(dataset, progress=False)
     result = embedding_map(features, dataset.labels, dataset.info.classes, max_points=max_points, seed=seed)
     result["data"] = _spec(spec)
@@ -456,6 +464,8 @@ __all__ = [
     "evaluate_layer",
     "evaluate_linear",
     "feature_sets",
+    "few_label_by_features",
+    "fewshot_record",
     "labelled",
     "stacked_layers",
     "write_embedding_map",

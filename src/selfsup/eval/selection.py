@@ -26,6 +26,7 @@ from selfsup.errors import ConfigError
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import as_model, labelled, write_record
 from selfsup.eval.rank import label_free_scores
+from selfsup.eval.splits import random_subset
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.sampler import view_seed
 
@@ -54,13 +55,6 @@ def policy_views(model: Pretrained, dataset: Dataset, views: int, seed: int = 0)
         collected.append(torch.stack(outs, dim=1))
         call += 1
     return torch.cat(collected, dim=1)[:, :views]
-
-
-def _sample(dataset: Dataset, count: int, seed: int) -> Dataset:
-    if len(dataset) <= count:
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
-    return dataset.subset(order.sort().values)
 
 
 def rank_correlations(rows: list[dict[str, Any]], scores: list[str], targets: list[str]) -> dict[str, Any]:
@@ -115,11 +109,13 @@ def evaluate_label_free(
         raise ConfigError("give both --train and --test (kNN per checkpoint), or neither")
     model = as_model(run, device)
     dataset = model.load_data(data) if isinstance(data, str) else data
-    scored = _sample(dataset, max_samples, seed)
-    queries = _sample(scored, lidar_samples, seed + 1)
+    scored = random_subset(dataset, max_samples, seed)
+    queries = random_subset(scored, lidar_samples, seed + 1)
     labelled_pair = None
     if train is not None and test is not None:
-        labelled_pair = (labelled(model, train, "kNN"), labelled(model, test, "kNN"))
+        # The scored source is often the kNN training source too: decode it once.
+        same = train == data and isinstance(train, str)
+        labelled_pair = (labelled(model, dataset if same else train, "kNN"), labelled(model, test, "kNN"))
     candidates: list[tuple[int | None, Pretrained]] = [(None, model)]
     if checkpoints == "all":
         paths = list_checkpoints(model.run_dir / "checkpoints")

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from selfsup.data.base import UNKNOWN_LABEL
+from selfsup.data.base import UNKNOWN_LABEL, Dataset
 from selfsup.errors import DataError
 
 
@@ -96,4 +96,14 @@ def random_split(n: int, val_fraction: float, seed: int = 0) -> tuple[Tensor, Te
     return order[count:].sort().values, order[:count].sort().values
 
 
-__all__ = ["random_split", "stratified_draw", "train_val_split"]
+def random_subset(dataset: Dataset, count: int, seed: int = 0) -> Dataset:
+    """At most ``count`` samples of ``dataset`` drawn uniformly with ``seed`` (labels unused), in source
+    order; the data set itself when it is no larger (the samples scored by label-free metrics, mapped
+    in the report's embedding map)."""
+    if len(dataset) <= count:
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return dataset.subset(order.sort().values)
+
+
+__all__ = ["random_split", "random_subset", "stratified_draw", "train_val_split"]
