@@ -103,14 +103,26 @@ def build_encoder(config: Config, info: DataInfo) -> Encoder:
         raise ConfigError(f"encoder {name!r}: {error}") from None
 
 
-def build_method(config: Config, encoder: Encoder, info: DataInfo | None = None) -> Method:
-    """The method named by ``config`` around ``encoder``; factories that declare ``info`` get the data's
-    (the finetune method reads its number of classes from it)."""
+def build_method(
+    config: Config,
+    encoder: Encoder,
+    info: DataInfo | None = None,
+    *,
+    dataset: Dataset | None = None,
+    transform: InputTransform | None = None,
+    run_dir: Path | None = None,
+) -> Method:
+    """The method named by ``config`` around ``encoder``. A factory may declare any of ``info`` (the
+    finetune method reads its number of classes from it), ``dataset`` and ``transform`` (the training
+    data and its input transform: HuBERT fits its first targets on them) and ``run_dir`` (where a method
+    keeps files of its own, e.g. HuBERT's codebook and frame labels); it gets those the caller has."""
     name = config.method.name
     if name is None:
         raise ConfigError("method is not set; resolve_components fills it from the data's modality")
     factory = METHODS.get(name)
-    provided = {"encoder": encoder, **_provided(factory, {"info": info})}
+    given = {"info": info, "dataset": dataset, "transform": transform, "run_dir": run_dir}
+    available = {k: v for k, v in given.items() if v is not None}
+    provided = {"encoder": encoder, **_provided(factory, available)}
     try:
         return factory(**provided, **config.method.params)
     except (TypeError, ValueError) as error:

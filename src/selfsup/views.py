@@ -28,6 +28,9 @@ class Views:
     labels: ``(B,)`` int64 labels of the samples (-1 unknown), passed through from the batch for
         methods that use them (HuBERT targets, pseudo-labelling); self-supervised losses ignore them.
     indices: ``(B,)`` int64 positions of the samples in the training data set.
+    crop_starts: None, or one entry per view: ``(B,)`` int64, the input position where each sample's
+        view starts in the stored sample (a random crop of a long recording), for methods whose
+        targets are aligned with the input (HuBERT's frame labels); None for an uncropped view.
     """
 
     inputs: list[Tensor]
@@ -36,13 +39,14 @@ class Views:
     masks: list[Tensor | None] | None = None
     labels: Tensor | None = None
     indices: Tensor | None = None
+    crop_starts: list[Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("Views needs at least one view")
         if not 1 <= self.num_global <= len(self.inputs):
             raise ValueError(f"num_global={self.num_global} but there are {len(self.inputs)} views")
-        for name in ("padding_masks", "masks"):
+        for name in ("padding_masks", "masks", "crop_starts"):
             aligned = getattr(self, name)
             if aligned is not None and len(aligned) != len(self.inputs):
                 raise ValueError(f"{name} has {len(aligned)} entries for {len(self.inputs)} views")
@@ -66,6 +70,10 @@ class Views:
     def mask(self, view: int) -> Tensor | None:
         """The ``(B, N)`` token mask of view ``view`` (None: nothing masked)."""
         return None if self.masks is None else self.masks[view]
+
+    def crop_start(self, view: int) -> Tensor | None:
+        """The ``(B,)`` crop offsets of view ``view`` in input positions (None: not cropped)."""
+        return None if self.crop_starts is None else self.crop_starts[view]
 
     def global_batch(self) -> tuple[Tensor, Tensor | None]:
         """The global views concatenated along the batch, ``(V·B, ...)``, with their padding mask

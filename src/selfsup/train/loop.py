@@ -238,13 +238,21 @@ def _input_transform(config: Config, run_dir: Path, dataset: Dataset, resuming: 
 
 
 def _build_model(
-    config: Config, dataset: Dataset, device: torch.device, fresh: bool
+    config: Config,
+    dataset: Dataset,
+    transform: InputTransform,
+    run_dir: Path,
+    device: torch.device,
+    fresh: bool,
 ) -> tuple[Method, nn.Module]:
     """The method (its encoder initialised from ``train.init_from`` on a fresh run), on ``device``, and the
     module the step calls (the method wrapped in DDP when distributed)."""
     train = config.train
     seed_everything(train.seed)  # identical initial weights on every process
-    method = build_method(config, build_encoder(config, dataset.info), dataset.info)
+    encoder = build_encoder(config, dataset.info)
+    method = build_method(
+        config, encoder, dataset.info, dataset=dataset, transform=transform, run_dir=run_dir
+    )
     if train.init_from and fresh:
         init_encoder_from(train.init_from, config, method.encoder)
     if train.sync_bn and dist.is_distributed():
@@ -317,7 +325,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     transform = _input_transform(config, run_dir, dataset, latest is not None)
     if device.type == "cuda" and isinstance(dataset, InMemoryDataset) and dataset.nbytes < GPU_RESIDENT_BYTES:
         dataset = dataset.to(device)
-    method, model = _build_model(config, dataset, device, fresh=latest is None)
+    method, model = _build_model(config, dataset, transform, run_dir, device, fresh=latest is None)
     base_lr = scaled_learning_rate(config)
     optimizer = build_optimizer(
         optim.name,
