@@ -12,11 +12,14 @@ from typing import Any
 import torch
 
 from selfsup.api import make_config
+from selfsup.augment import VIEW_POLICIES
 from selfsup.augment.base import InputTransform, ViewPolicy
 from selfsup.build import build_encoder, build_method, build_policy, fit_transform, resolve_components
 from selfsup.config import Config
-from selfsup.data.base import DataInfo, InMemoryDataset
-from selfsup.encoders import ENCODERS
+from selfsup.data.audio import AudioDataset, audio_info
+from selfsup.data.base import DataInfo, Dataset, InMemoryDataset
+from selfsup.encoders import ENCODERS, Encoder
+from selfsup.encoders.base import missing_capabilities
 from selfsup.methods import METHODS, Method, Views
 
 SMALL_ENCODER: dict[str, dict[str, Any]] = {
@@ -25,10 +28,27 @@ SMALL_ENCODER: dict[str, dict[str, Any]] = {
     "resnet50": {"width": 4},
     "small_cnn": {"width": 4},
     "mlp": {"hidden_dim": 32, "num_layers": 2},
+    # Audio encoders without dropout, so that two builds give the same loss in train mode.
+    "wav2vec2": {
+        "num_layers": 2,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "ffn_dim": 64,
+        "conv_dim": 32,
+        "pos_conv_kernel": 16,
+        "pos_conv_groups": 4,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "feature_dropout": 0.0,
+    },
+    "byol_a_cnn": {"embed_dim": 32, "channels": 8, "dropout": 0.0},
+    "audio_spt": {"embed_dim": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "n_mels": 32},
 }
 SMALL_METHOD: dict[str, dict[str, Any]] = {
     "simclr": {"hidden_dim": 32, "projection_dim": 16},
     "byol": {"hidden_dim": 32, "projection_dim": 16},
+    "wav2vec2": {"final_dim": 16, "num_codes": 8, "num_negatives": 5, "feature_dropout": 0.0},
+    "hubert": {"num_clusters": 8, "final_dim": 16, "kmeans_n_init": 1},
 }
 
 
@@ -51,20 +71,67 @@ def tiny_vectors(n: int = 12, seed: int = 0, width: int = 10) -> InMemoryDataset
     )
 
 
-TINY_DATA: dict[str, Callable[..., InMemoryDataset]] = {"image": tiny_images, "vector": tiny_vectors}
+def tiny_audio(n: int = 12, seed: int = 0, sample_rate: int = 16000) -> AudioDataset:
+    """``n`` clips of 0.1 to 0.25 s of int16 noise with a tone per class (lengths differ: padding matters)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(sample_rate // 10, sample_rate // 4, (n,), generator=g)
+    labels = torch.arange(n) % 3
+    clips = []
+    for length, label in zip(lengths.tolist(), labels.tolist()):
+        t = torch.arange(length) / sample_rate
+        tone = 8000 * torch.sin(2 * torch.pi * 220 * (label + 1) * t)
+        noise = 2000 * torch.randn(length, generator=g)
+        clips.append((tone + noise).round().clamp(-32768, 32767).to(torch.int16))
+    offsets = torch.zeros(n + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    return AudioDataset(
+        torch.cat(clips),
+        offsets,
+        labels,
+        [f"clip{i}" for i in range(n)],
+        info=audio_info(sample_rate, ("a", "b", "c")),
+        source="tiny:audio",
+    )
+
+
+TINY_DATA: dict[str, Callable[..., Dataset]] = {
+    "image": tiny_images,
+    "vector": tiny_vectors,
+    "audio": tiny_audio,
+}
 
 
 def modality_of(encoder: str) -> str:
     return str(ENCODERS.metadata(encoder)["modality"])
 
 
+def small_encoder(name: str) -> Encoder:
+    """The encoder ``name`` with its small test options, built as the builder builds it."""
+    config = make_config(
+        overrides=[f"encoder={name}", *(f"encoder.{k}={v}" for k, v in SMALL_ENCODER.get(name, {}).items())]
+    )
+    return build_encoder(config, TINY_DATA[modality_of(name)]().info)
+
+
+def fits(method: str, encoder: str) -> bool:
+    """Whether ``encoder`` has what ``method`` and its view policy for the encoder's modality declare they
+    need (registry metadata ``needs``; :func:`selfsup.encoders.base.missing_capabilities`)."""
+    policy = METHODS.get(method).default_view_policies[modality_of(encoder)]
+    needs = (*METHODS.metadata(method).get("needs", ()), *VIEW_POLICIES.metadata(policy).get("needs", ()))
+    return not missing_capabilities(small_encoder(encoder), needs)
+
+
 def combinations() -> list[tuple[str, str]]:
-    """Every (method, encoder) pair whose encoder's modality the method has a view policy for."""
+    """Every (method, encoder) pair whose encoder's modality the method has a view policy for, and whose
+    encoder has the capabilities the method and policy need (encoders that wrap a checkpoint directory,
+    ``requires_checkpoint``, have tests of their own)."""
     return [
         (m, e)
         for m in METHODS.names()
         for e in ENCODERS.names()
-        if modality_of(e) in METHODS.get(m).default_view_policies
+        if not ENCODERS.metadata(e).get("requires_checkpoint")
+        and modality_of(e) in METHODS.get(m).default_view_policies
+        and fits(m, e)
     ]
 
 
@@ -76,17 +143,19 @@ def small_config(method: str, encoder: str, extra: list[str] | None = None) -> C
 
 
 def build_parts(
-    method: str, encoder: str, seed: int = 0, dataset: InMemoryDataset | None = None
-) -> tuple[Method, ViewPolicy, InputTransform, InMemoryDataset]:
+    method: str, encoder: str, seed: int = 0, dataset: Dataset | None = None
+) -> tuple[Method, ViewPolicy, InputTransform, Dataset]:
     """The method, view policy, transform and tiny data set the builder makes for this pair."""
     data = dataset if dataset is not None else TINY_DATA[modality_of(encoder)]()
     config = resolve_components(small_config(method, encoder), data.info)
     transform = fit_transform(config, data)
     torch.manual_seed(seed)
-    built = build_method(config, build_encoder(config, data.info), data.info)
+    built = build_method(
+        config, build_encoder(config, data.info), data.info, dataset=data, transform=transform
+    )
     policy = build_policy(config, data.info, transform, built.encoder)
     return built, policy, transform, data
 
 
-def make_views(policy: ViewPolicy, data: InMemoryDataset, seed: int = 0) -> Views:
+def make_views(policy: ViewPolicy, data: Dataset, seed: int = 0) -> Views:
     return policy(data.batch(torch.arange(len(data))), torch.Generator().manual_seed(seed))

@@ -26,6 +26,7 @@ from selfsup.config import Config, default_view_policy, from_dict, load_config, 
 from selfsup.data import load_dataset
 from selfsup.data.base import DataInfo, Dataset
 from selfsup.encoders import ENCODERS, Encoder
+from selfsup.encoders.base import missing_capabilities
 from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.io import write_text_atomic
 from selfsup.methods import METHODS, Method
@@ -48,6 +49,8 @@ def load_data(config: Config, source: str | None = None) -> Dataset:
         cache_dir=data.cache_dir,
         loading=data.loading,
         memory_limit_gb=data.memory_limit_gb,
+        sample_rate=data.sample_rate,
+        min_seconds=data.min_seconds,
     )
 
 
@@ -120,6 +123,11 @@ def build_method(
     if name is None:
         raise ConfigError("method is not set; resolve_components fills it from the data's modality")
     factory = METHODS.get(name)
+    needs = tuple(METHODS.metadata(name).get("needs", ()))
+    _check_fits(f"method {name!r}", needs, encoder, config)
+    if not any(need.startswith("mask:") for need in needs):
+        for parameter in encoder.mask_parameters():  # unused without masking: frozen, not left gradient-less
+            parameter.requires_grad_(False)
     given = {"info": info, "dataset": dataset, "transform": transform, "run_dir": run_dir}
     available = {k: v for k, v in given.items() if v is not None}
     provided = {"encoder": encoder, **_provided(factory, available)}
@@ -133,11 +141,27 @@ def build_policy(config: Config, info: DataInfo, transform: InputTransform, enco
     assert config.method.name is not None
     name = config.augment.policy or default_view_policy(config.method.name, info.modality)
     factory = VIEW_POLICIES.get(name)
+    _check_fits(f"view policy {name!r}", VIEW_POLICIES.metadata(name).get("needs", ()), encoder, config)
     provided = _provided(factory, {"info": info, "transform": transform, "encoder": encoder})
     try:
         return factory(**provided, **config.augment.params)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"augment ({name} view policy): {error}") from None
+
+
+def _check_fits(what: str, needs: tuple[str, ...], encoder: Encoder, config: Config) -> None:
+    """A clear error when ``encoder`` lacks a capability the method or view policy declares it needs."""
+    missing = missing_capabilities(encoder, tuple(needs))
+    if missing:
+        fitting = [
+            n
+            for n in ENCODERS.names_where(modality=encoder.modality)
+            if not ENCODERS.metadata(n).get("requires_checkpoint")
+        ]
+        raise ConfigError(
+            f"{what} needs an encoder with {', '.join(missing)}; {config.encoder.name!r} has none. "
+            f"Encoders of {encoder.modality} data: {', '.join(fitting)}"
+        )
 
 
 def labelled_subset(config: Config, dataset: Dataset) -> Dataset:

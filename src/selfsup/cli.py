@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_commands(commands)
     _add_output_commands(commands)
+    _add_speech_commands(commands)
     p = commands.add_parser(
         "list", help="modalities, registered methods, encoders, data sources, view policies and recipes"
     )
@@ -435,6 +436,15 @@ def _add_output_commands(commands: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     p.set_defaults(handler=_bench)
+
+
+def _add_speech_commands(commands: Any) -> None:
+    """``selfsup hubert`` (the HuBERT iterations end to end) and ``tokenize`` (discrete units)."""
+    from selfsup.hubert_pipeline import add_hubert_command
+    from selfsup.units import add_tokenize_command
+
+    add_hubert_command(commands)
+    add_tokenize_command(commands)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

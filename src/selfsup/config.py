@@ -50,6 +50,16 @@ class DataConfig:
     """Decode images to this square size (shorter side, then center crop); None keeps a common native size."""
     max_samples: int | None = None
     """Use at most this many samples (the first ones in source order)."""
+    sample_rate: int = 16000
+    """Audio: decode every clip at this rate (Hz), resampling with soxr; the encoder's rate."""
+    min_seconds: float = 0.1
+    """Audio: skip (and count) clips shorter than this; 0.1 s is four wav2vec 2.0 frames."""
+    normalize: bool = False
+    """Audio: standardize each clip over its valid samples (fairseq normalize=True; wav2vec 2.0 Large
+    and data2vec use it, wav2vec 2.0 / HuBERT Base do not)."""
+    batch_seconds: float | None = None
+    """Audio: size batches by total padded duration (longest clip x clips <= this many seconds, in
+    length buckets) instead of train.batch_size clips; each micro-batch of each process gets one."""
     strict: bool = False
     """Raise on the first unreadable input instead of skipping and counting it."""
     cache_dir: str | None = None
@@ -395,7 +405,7 @@ def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
 
 # Arguments the builder supplies to registered factories itself; a user may not set them.
 PROVIDED = {
-    "method": ("encoder", "info"),
+    "method": ("encoder", "info", "dataset", "transform", "run_dir"),
     "encoder": ("info",),
     "policy": ("info", "transform", "encoder"),
 }
@@ -481,6 +491,12 @@ def _validate_new_keys(config: Config) -> None:
         raise ConfigError(f"data.label_fraction must be in (0, 1] (or null), got {d.label_fraction}")
     if d.label_fraction is not None and d.labels_per_class is not None:
         raise ConfigError("set one of data.label_fraction and data.labels_per_class, not both")
+    if not d.sample_rate >= 1:
+        raise ConfigError(f"data.sample_rate must be at least 1 (samples per second), got {d.sample_rate}")
+    if not d.min_seconds >= 0:
+        raise ConfigError(f"data.min_seconds must be >= 0, got {d.min_seconds}")
+    if d.batch_seconds is not None and not d.batch_seconds > 0:
+        raise ConfigError(f"data.batch_seconds must be > 0 (or null: count batches), got {d.batch_seconds}")
     if t.val_fraction is not None and not 0.0 < t.val_fraction < 1.0:
         raise ConfigError(f"train.val_fraction must be in (0, 1) (or null), got {t.val_fraction}")
     if config.eval.online_probe not in (True, False, "auto"):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from selfsup.augment.audio_transform import AudioTransform
 from selfsup.augment.base import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, InputTransform
 from selfsup.augment.vector import VectorTransform
 from selfsup.config import Config
@@ -77,6 +78,18 @@ def _vector_transform(dataset: Dataset, config: Config) -> VectorTransform:
     return VectorTransform.fit(dataset)
 
 
+def _audio_transform(dataset: Dataset, config: Config) -> AudioTransform:
+    for key in ("size", "mean", "std"):
+        if getattr(config.augment, key) is not None:
+            raise ConfigError(
+                f"augment.{key} applies to images; audio clips are scaled to [-1, 1) (and standardized per "
+                "clip with data.normalize=true). Unset it."
+            )
+    rate = dataset.info.sample_rate
+    assert rate is not None  # audio sources always declare it
+    return AudioTransform(sample_rate=int(rate), normalize=bool(config.data.normalize))
+
+
 register_modality(
     Modality(
         name="image",
@@ -95,6 +108,20 @@ register_modality(
         default_method="simclr",
         fit_transform=_vector_transform,
         transform_from_dict=VectorTransform.from_dict,
+    )
+)
+
+
+# The encoder and method are registered by their own modules (selfsup.encoders.audio, selfsup.methods):
+# names only here, so this module imports whether or not they exist yet.
+register_modality(
+    Modality(
+        name="audio",
+        unit="clips",
+        default_encoder="wav2vec2",
+        default_method="wav2vec2",
+        fit_transform=_audio_transform,
+        transform_from_dict=AudioTransform.from_dict,
     )
 )
 

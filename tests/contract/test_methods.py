@@ -75,8 +75,19 @@ def test_loss_is_deterministic_and_permutation_invariant(method_name: str, encod
     loss = a(views, STEP).loss
     assert torch.equal(loss, b(views, STEP).loss)
     order = torch.randperm(views.batch_size, generator=torch.Generator().manual_seed(1))
-    labels = None if views.labels is None else views.labels[order]
-    permuted = Views(inputs=[x[order] for x in views.inputs], num_global=views.num_global, labels=labels)
+
+    def permute(items: list | None) -> list | None:
+        return None if items is None else [None if x is None else x[order] for x in items]
+
+    permuted = Views(
+        inputs=[x[order] for x in views.inputs],
+        num_global=views.num_global,
+        padding_masks=permute(views.padding_masks),
+        masks=permute(views.masks),
+        labels=None if views.labels is None else views.labels[order],
+        indices=None if views.indices is None else views.indices[order],
+        crop_starts=permute(views.crop_starts),
+    )
     torch.testing.assert_close(b(permuted, STEP).loss, loss, rtol=1e-5, atol=1e-6)
 
 

@@ -84,13 +84,59 @@ def _digits(root: Path) -> tuple[str, list[Path]]:
     return "digits:test", []
 
 
+def _wav(seed: int, n: int = 2000) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    clip = np.random.default_rng(seed).integers(-9000, 9000, n + 100 * seed, dtype=np.int16)
+    soundfile.write(buffer, clip, 8000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _audio_folder(root: Path) -> tuple[str, list[Path]]:
+    files = []
+    for cls in ("yes", "no"):
+        (root / "clips" / cls).mkdir(parents=True)
+        for i in range(2):
+            path = root / "clips" / cls / f"{i}.wav"
+            path.write_bytes(_wav(i + (5 if cls == "no" else 0)))
+            files.append(path)
+    return str(root / "clips"), files
+
+
+def _audio_shards(root: Path) -> tuple[str, list[Path]]:
+    path = root / "audio-0.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(4):
+            for name, data in ((f"u{i}.wav", _wav(i)), (f"u{i}.cls", str(i % 2).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path), [path]
+
+
+def _manifest(root: Path) -> tuple[str, list[Path]]:
+    """FSDD's layout: a CSV beside a tar archive of the clips, with a label column and a split column."""
+    path = root / "recordings.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(5):
+            data = _wav(i)
+            info = tarfile.TarInfo(f"rec/{i}.wav")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    rows = "".join(f"rec/{i}.wav,{i % 3},{'test' if i == 4 else 'train'}\n" for i in range(5))
+    (root / "metadata.csv").write_text("path,digit,split\n" + rows)
+    return f"{root / 'metadata.csv'}?label=digit&split=train", [path]
+
+
 # Examples per source: a maker returning (spec, files behind it).
 EXAMPLES: dict[str, list[Callable[[Path], tuple[str, list[Path]]]]] = {
     "arrays": [_vectors, _images_npy],
     "cifar": [_cifar],
     "digits": [_digits],
-    "folder": [_folder],
-    "shards": [_shards],
+    "folder": [_folder, _audio_folder],
+    "manifest": [_manifest],
+    "shards": [_shards, _audio_shards],
 }
 CASES = [(name, maker) for name in SOURCES.names() for maker in EXAMPLES.get(name, [])]
 
@@ -122,6 +168,13 @@ def _check_contract(dataset: Dataset) -> None:
     )
     if info.sample_shape is not None:
         assert tuple(batch.inputs.shape) == (3, *info.sample_shape)
+    else:  # variable-length samples come padded, with their lengths and padding mask
+        assert batch.lengths is not None and batch.padding_mask is not None
+        assert (
+            batch.inputs.shape[:2] == batch.padding_mask.shape
+            and int(batch.lengths.max()) == batch.inputs.shape[1]
+        )
+        assert torch.equal(batch.padding_mask, torch.arange(batch.inputs.shape[1]) >= batch.lengths[:, None])
     assert torch.equal(batch.labels, labels[indices]) and torch.equal(batch.indices, indices)
     assert torch.equal(batch.inputs[0], batch.inputs[2])  # the same sample twice gives the same data
     assert isinstance(dataset.fingerprint, str) and dataset.fingerprint == dataset.fingerprint

@@ -5,6 +5,7 @@ Importing this package registers every view policy in :data:`VIEW_POLICIES`; the
 are in :mod:`selfsup.augment.functional`, the vector ones in :mod:`selfsup.augment.vector`.
 """
 
+from selfsup.augment import audio as _audio  # noqa: F401  (registers the audio view policies)
 from selfsup.augment import policies as _policies  # noqa: F401  (registers the image view policies)
 from selfsup.augment import supervised as _supervised  # noqa: F401  (registers the supervised policies)
 from selfsup.augment import vector as _vector  # noqa: F401  (registers the vector view policies)

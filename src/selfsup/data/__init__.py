@@ -2,11 +2,12 @@
 sources that load data sets from spec strings, and their caches.
 
 Importing this package registers every source in :data:`SOURCES` (``digits``, ``cifar``,
-``arrays``, ``shards``, ``folder``); :func:`load_dataset` is the entry point.
+``arrays``, ``manifest``, ``shards``, ``folder``); :func:`load_dataset` is the entry point.
 """
 
 # The source modules are imported for their side effect: each registers its factory in SOURCES.
-from selfsup.data import arrays, cifar, digits, folder, shards  # noqa: F401
+from selfsup.data import arrays, audio, cifar, digits, folder, shards  # noqa: F401
+from selfsup.data.audio import AUDIO_EXTENSIONS, AudioDataset, clip_lengths
 from selfsup.data.base import (
     SOURCES,
     UNKNOWN_LABEL,
@@ -23,10 +24,12 @@ from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.sources import SPEC_FORMS, load_dataset, resolve_spec
 
 __all__ = [
+    "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "SOURCES",
     "SPEC_FORMS",
     "UNKNOWN_LABEL",
+    "AudioDataset",
     "Batch",
     "CacheWarning",
     "DataError",
@@ -34,6 +37,7 @@ __all__ = [
     "Dataset",
     "InMemoryDataset",
     "SubsetDataset",
+    "clip_lengths",
     "describe",
     "load_dataset",
     "resolve_spec",

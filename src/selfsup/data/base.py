@@ -258,6 +258,10 @@ def describe(dataset: Dataset) -> str:
         what = f"{len(dataset)} images {shape[1]}x{shape[2]}"
     elif info.modality == "vector" and shape is not None:
         what = f"{len(dataset)} vectors of {shape[0]} features"
+    elif info.modality == "audio":
+        from selfsup.data.audio import describe_audio  # audio imports this module
+
+        what = describe_audio(dataset) or f"{len(dataset)} audio clips"
     else:
         what = f"{len(dataset)} {info.modality} samples"
     parts = [f"{what} from {dataset.source}"]

@@ -3,13 +3,16 @@
 One cache entry is one ``safetensors`` file named by a content key:
 
 * ``inputs`` — e.g. ``(N, 3, H, W)`` uint8 images or ``(N, D)`` float32 vectors — and ``labels`` —
-  ``(N,)`` int64, exactly as in the :class:`~selfsup.data.base.InMemoryDataset`;
+  ``(N,)`` int64, exactly as in the :class:`~selfsup.data.base.InMemoryDataset`; for audio
+  (:class:`~selfsup.data.audio.AudioDataset`) ``waveforms`` ``(S,)`` int16 and ``offsets`` ``(N + 1,)``
+  int64 instead of ``inputs``;
 * ``meta`` — a uint8 tensor holding UTF-8 JSON with ``ids``, ``info``, ``skipped`` and ``source``
   (kept as a tensor rather than in the safetensors header, whose size is capped, so that a million
   ids still fit).
 
 The key is the sha256 of the source kind and spec, the sorted input files with their sizes and
-modification times, ``image_size`` and ``max_samples``: touching or replacing an input file
+modification times, ``image_size``, ``max_samples`` and the source's other decoding options
+(``extra``: audio's ``sample_rate`` and ``min_seconds``): touching or replacing an input file
 makes a new entry instead of serving stale pixels. Writes go to a temporary file in the same
 directory, fsync'd, then ``os.replace``-d (:func:`selfsup.io.write_atomic`), so a crash or a
 concurrent reader never sees half a file.
@@ -25,12 +28,13 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from selfsup.data.base import DataInfo, InMemoryDataset
+from selfsup.data.base import DataInfo, Dataset, InMemoryDataset
 from selfsup.io import write_atomic
 
 # Bump when the decoding itself changes (resize rule, colour conversion, ...): old entries then
@@ -50,11 +54,13 @@ def cache_key(
     *,
     image_size: int | None,
     max_samples: int | None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """Hex sha256 naming the decoded form of ``spec`` given the current state of its input files.
 
     ``inputs`` are the files the source reads; each contributes its absolute path, size and
     ``st_mtime_ns``. A missing file contributes its path only, so the key is still defined.
+    ``extra``: further decoding options (JSON-able), part of the key when given.
     """
     files = []
     for path in sorted({str(Path(p).expanduser().resolve()) for p in inputs}):
@@ -72,6 +78,8 @@ def cache_key(
         "image_size": image_size,
         "max_samples": max_samples,
     }
+    if extra:
+        payload["extra"] = extra
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -80,7 +88,7 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir).expanduser() / f"dataset-{key}.safetensors"
 
 
-def load_cached(cache_dir: str | Path, key: str) -> InMemoryDataset | None:
+def load_cached(cache_dir: str | Path, key: str) -> Dataset | None:
     """The cached data set for ``key``, or None when there is no usable entry.
 
     A corrupt entry (truncated, wrong key, inconsistent shapes) gives a :class:`CacheWarning` and None.
@@ -102,7 +110,7 @@ def load_cached(cache_dir: str | Path, key: str) -> InMemoryDataset | None:
         return None
 
 
-def _read_entry(path: Path, key: str) -> InMemoryDataset:
+def _read_entry(path: Path, key: str) -> Dataset:
     tensors = load_file(str(path))
     with open(path, "rb") as handle:
         # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
@@ -112,6 +120,19 @@ def _read_entry(path: Path, key: str) -> InMemoryDataset:
     if metadata.get("format") != _FORMAT_NAME or metadata.get("key") != key:
         raise ValueError("the file's recorded key does not match its name")
     meta = json.loads(tensors["meta"].numpy().tobytes().decode("utf-8"))
+    if "offsets" in tensors:
+        from selfsup.data.audio import AudioDataset
+
+        return AudioDataset(
+            tensors["waveforms"],
+            tensors["offsets"],
+            tensors["labels"],
+            [str(i) for i in meta["ids"]],
+            info=DataInfo.from_dict(meta["info"]),
+            source=str(meta["source"]),
+            skipped=[(str(i), str(r)) for i, r in meta["skipped"]],
+            fingerprint=key,
+        )
     return InMemoryDataset(
         tensors["inputs"],
         tensors["labels"],
@@ -123,7 +144,7 @@ def _read_entry(path: Path, key: str) -> InMemoryDataset:
     )
 
 
-def save_cached(cache_dir: str | Path, key: str, dataset: InMemoryDataset) -> Path | None:
+def save_cached(cache_dir: str | Path, key: str, dataset: Dataset) -> Path | None:
     """Write ``dataset`` as the entry for ``key`` atomically; returns its path.
 
     A cache that cannot be written (read-only directory, full disk) is not fatal: it gives a
@@ -138,11 +159,18 @@ def save_cached(cache_dir: str | Path, key: str, dataset: InMemoryDataset) -> Pa
             "source": dataset.source,
         }
     ).encode("utf-8")
+    from selfsup.data.audio import AudioDataset
+
     tensors = {
-        "inputs": dataset.inputs.contiguous(),
         "labels": dataset.labels.contiguous(),
         "meta": torch.from_numpy(np.frombuffer(meta, dtype=np.uint8).copy()),
     }
+    if isinstance(dataset, AudioDataset):
+        tensors.update(waveforms=dataset.waveforms.contiguous(), offsets=dataset.offsets.contiguous())
+    elif isinstance(dataset, InMemoryDataset):
+        tensors["inputs"] = dataset.inputs.contiguous()
+    else:
+        raise TypeError(f"cannot cache a {type(dataset).__name__}")
     metadata = {"format": _FORMAT_NAME, "version": str(CACHE_FORMAT_VERSION), "key": key}
     try:
         write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -1,8 +1,10 @@
 """The ``shards`` source: WebDataset-style tar shards, streamed and decoded without extracting.
 
 A spec names one shard, a comma-separated list, or globs (``/data/train-*.tar``). Members
-``<key>.<jpg|png|...>`` are images, an optional ``<key>.cls`` holds the ASCII class index, and a
-``classes.txt`` beside the (first) shard names the classes. A truncated or corrupt shard keeps the
+``<key>.<jpg|png|...>`` are images, or ``<key>.<wav|flac|ogg|mp3>`` audio clips (the first such member
+of the first shard decides which: :func:`shard_modality`; audio is read by :mod:`selfsup.data.audio`),
+an optional ``<key>.cls`` holds the ASCII class index, and a ``classes.txt`` beside the (first) shard
+names the classes. A truncated or corrupt shard keeps the
 samples read before the damage and records the rest as skipped.
 """
 
@@ -16,6 +18,14 @@ from glob import glob
 from pathlib import Path
 
 from selfsup.data.assemble import Item, build_from_collector, decode_stream
+from selfsup.data.audio import (
+    AUDIO_EXTENSIONS,
+    DEFAULT_MIN_SECONDS,
+    DEFAULT_SAMPLE_RATE,
+    AudioDataset,
+    decode_catalog,
+    shard_catalog,
+)
 from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset, error_reason
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
@@ -156,6 +166,26 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[Item]:
             yield Item(shard.name, error=f"unreadable tar data after {count} samples ({error_reason(error)})")
 
 
+# Members looked at to tell image shards from audio shards before giving up (and reading them as images).
+_MODALITY_PEEK = 1000
+
+
+def shard_modality(shards: list[Path]) -> str:
+    """``"audio"`` when the first image-or-audio member of the first shard is an audio file, else
+    ``"image"`` (also for a shard that cannot be read: the image path reports the damage)."""
+    try:
+        with tarfile.open(shards[0], "r:*") as stream:
+            for count, member in enumerate(stream):
+                name = member.name.lower()
+                if name.endswith(AUDIO_EXTENSIONS):
+                    return "audio"
+                if name.endswith(IMAGE_EXTENSIONS) or count >= _MODALITY_PEEK:
+                    return "image"
+    except (tarfile.TarError, OSError, EOFError):
+        pass
+    return "image"
+
+
 def _shard_inputs(spec: str) -> list[Path]:
     shards = resolve_shards(spec)
     extra = _classes_file(shards)
@@ -164,12 +194,28 @@ def _shard_inputs(spec: str) -> list[Path]:
 
 @register_source("shards", detect=_detect_shards, inputs=_shard_inputs)
 def shards_source(
-    spec: str, *, image_size: int | None = None, max_samples: int | None = None, strict: bool = False
-) -> InMemoryDataset:
-    """WebDataset-style tar shards (path, comma list or glob): <key>.jpg/png + optional <key>.cls."""
+    spec: str,
+    *,
+    image_size: int | None = None,
+    max_samples: int | None = None,
+    strict: bool = False,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
+) -> InMemoryDataset | AudioDataset:
+    """WebDataset-style tar shards (path, comma list or glob): <key>.jpg/png or <key>.wav/flac/ogg/mp3,
+    plus an optional <key>.cls."""
     shards = resolve_shards(spec)
     classes_path = _classes_file(shards)
     classes = read_classes_txt(classes_path) if classes_path else None
+    if shard_modality(shards) == "audio":
+        return decode_catalog(
+            shard_catalog(shards, classes),
+            source=canonical_source("shards", ",".join(_shard_parts(spec))),
+            sample_rate=sample_rate,
+            min_seconds=min_seconds,
+            max_samples=max_samples,
+            strict=strict,
+        )
     items = _shard_items(shards, len(classes) if classes else None)
     collected = decode_stream(items, image_size=image_size, max_samples=max_samples, strict=strict)
     return build_from_collector(
@@ -180,4 +226,4 @@ def shards_source(
     )
 
 
-__all__ = ["TAR_SUFFIXES", "read_classes_txt", "resolve_shards", "shards_source"]
+__all__ = ["TAR_SUFFIXES", "read_classes_txt", "resolve_shards", "shard_modality", "shards_source"]

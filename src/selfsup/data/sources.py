@@ -27,10 +27,17 @@ Spec forms, auto-detected in this order (an explicit ``kind:`` prefix such as ``
     WebDataset-style tar shards: members ``<key>.<jpg|png|...>`` with an optional ``<key>.cls``
     (ASCII class index), streamed without extracting; a ``classes.txt`` beside the (first) shard
     names the classes.
+``manifest`` — ``metadata.csv``, ``clips.tsv``, ``metadata.csv?label=digit&split=train``
+    audio clips listed in a CSV/TSV file (a ``path`` column, relative to the manifest, or members of
+    the tar archives beside it); ``label=COLUMN`` names the labels, any other ``COLUMN=VALUE`` keeps the
+    matching rows (:mod:`selfsup.data.audio`).
 ``folder`` — a directory
-    images found recursively (hidden files and folders ignored). If every direct sub-folder holds
-    images and no image sits at the top level, the sorted sub-folder names are the classes;
-    otherwise every label is -1.
+    images or audio files (wav, flac, ogg, mp3) found recursively (hidden files and folders ignored;
+    a folder holding both is an error). If every direct sub-folder holds such files and none sits at
+    the top level, the sorted sub-folder names are the classes; otherwise every label is -1.
+
+Audio (folders, shards and manifests of audio files) is decoded to mono int16 at ``sample_rate``
+(resampled with soxr); clips shorter than ``min_seconds`` are skipped (:mod:`selfsup.data.audio`).
 """
 
 from __future__ import annotations
@@ -48,15 +55,16 @@ if TYPE_CHECKING:
 
 SPEC_FORMS = (
     "A data spec is one of: 'digits', 'digits:train', 'digits:test' (bundled 8x8 digits); "
-    "a folder of images (class sub-folders give labels); tar shards 'a.tar', 'a.tar,b.tar' or a glob "
-    "'/data/train-*.tar'; a CIFAR pickle directory 'cifar-10-batches-py' (append ':test' for the test "
-    "batch); an array file 'x.npy' or 'x.npz' (2-D arrays are vectors, 3-D/4-D images). "
-    "Prefix 'KIND:' to skip auto-detection "
-    "(kinds: digits, cifar, arrays, shards, folder)."
+    "a folder of images or audio files (class sub-folders give labels); tar shards 'a.tar', 'a.tar,b.tar' "
+    "or a glob '/data/train-*.tar' (image or audio members); an audio manifest 'metadata.csv' or "
+    "'metadata.csv?label=COLUMN&split=train'; a CIFAR pickle directory 'cifar-10-batches-py' (append "
+    "':test' for the test batch); an array file 'x.npy' or 'x.npz' (2-D arrays are vectors, 3-D/4-D "
+    "images). Prefix 'KIND:' to skip auto-detection "
+    "(kinds: digits, cifar, arrays, manifest, shards, folder)."
 )
 
 # Detection order: the cheap exact forms first, the generic "any directory" last.
-_DETECTION_ORDER = ("digits", "cifar", "arrays", "shards", "folder")
+_DETECTION_ORDER = ("digits", "cifar", "arrays", "manifest", "shards", "folder")
 
 F = TypeVar("F", bound=Callable[..., InMemoryDataset])
 
@@ -122,8 +130,8 @@ def _check_positive(name: str, value: int | None) -> None:
         raise DataError(f"{name} must be a positive integer or None, got {value!r}")
 
 
-# The sources that can stream (random access to individual encoded samples).
-STREAMABLE = ("shards", "folder")
+# The sources that can stream (random access to individual encoded samples); manifests are audio only.
+STREAMABLE = ("shards", "folder", "manifest")
 LOADING_MODES = ("auto", "memory", "stream")
 
 
@@ -147,6 +155,8 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     loading: str = "auto",
     memory_limit_gb: float | None = None,
+    sample_rate: int = 16000,
+    min_seconds: float = 0.1,
 ) -> Dataset:
     """Load a data set from ``spec`` (see the module docstring for the forms).
 
@@ -163,16 +173,26 @@ def load_dataset(
             exceeds the memory limit. Compressed ``.tar.gz`` shards stay in memory under ``auto``:
             streaming them needs a decompressed copy (``loading="stream"`` makes one in ``cache_dir``).
         memory_limit_gb: the decoded size above which ``auto`` streams; None: a quarter of the RAM.
+        sample_rate: audio only: clips are resampled to this rate (Hz) with soxr.
+        min_seconds: audio only: shorter clips are skipped (counted in ``skipped``).
 
     Returns:
-        A :class:`~selfsup.data.base.Dataset`: e.g. images ``(N, 3, H, W)`` uint8 or vectors
-        ``(N, D)`` float32, labels ``(N,)`` int64 (-1 = unknown).
+        A :class:`~selfsup.data.base.Dataset`: e.g. images ``(N, 3, H, W)`` uint8, vectors
+        ``(N, D)`` float32 or audio clips (:class:`~selfsup.data.audio.AudioDataset`: int16 batches
+        ``(B, T)`` padded, with ``lengths``), labels ``(N,)`` int64 (-1 = unknown).
     """
     _check_positive("image_size", image_size)
     _check_positive("max_samples", max_samples)
     if loading not in LOADING_MODES:
         raise DataError(f"data.loading must be one of {', '.join(LOADING_MODES)}, got {loading!r}")
     kind, rest = resolve_spec(spec)
+    from selfsup.data import audio
+
+    if kind in STREAMABLE and audio.source_modality(kind, rest) == "audio":
+        audio.check_audio_options(sample_rate, min_seconds)
+        return _load_audio(
+            kind, rest, sample_rate, min_seconds, max_samples, strict, cache_dir, loading, memory_limit_gb
+        )
     if loading == "stream" and kind not in STREAMABLE:
         raise DataError(
             f"{spec!r} is a {kind} source, which cannot stream; data.loading=stream needs a folder or tar "
@@ -185,6 +205,73 @@ def load_dataset(
                 return streamed
             streamed.close()
     return _load_in_memory(kind, rest, image_size, max_samples, strict, cache_dir)
+
+
+def _load_audio(
+    kind: str,
+    rest: str,
+    sample_rate: int,
+    min_seconds: float,
+    max_samples: int | None,
+    strict: bool,
+    cache_dir: str | Path | None,
+    loading: str,
+    memory_limit_gb: float | None,
+) -> Dataset:
+    """An audio source: streamed (:mod:`selfsup.data.audio_stream`) when asked or when its decoded size
+    (from the clips' headers) exceeds the memory limit, else decoded once (through the disk cache)."""
+    from selfsup.data import audio, audio_stream
+    from selfsup.data.tar_index import is_compressed_shard
+
+    cache = None if cache_dir is None else Path(cache_dir).expanduser()
+    source = canonical_source(kind, rest)
+    options = {"sample_rate": sample_rate, "min_seconds": float(min_seconds)}
+    stream_compressed = loading == "stream" and kind == "shards"
+    catalog = audio.audio_catalog(kind, rest, decompress_to=cache if stream_compressed else None)
+    compressed = any(is_compressed_shard(Path(p)) for p in catalog.files)
+    if loading != "memory" and not (compressed and loading == "auto"):
+        streamed = audio_stream.open_streaming_audio(
+            catalog,
+            source=source,
+            sample_rate=sample_rate,
+            min_seconds=min_seconds,
+            max_samples=max_samples,
+            strict=strict,
+            fingerprint=_cache.cache_key(
+                f"stream-{kind}", rest, catalog.files, image_size=None, max_samples=max_samples, extra=options
+            ),
+            cache_dir=cache,
+        )
+        if loading == "stream" or streamed.estimated_bytes() > memory_limit_bytes(memory_limit_gb):
+            return streamed
+        streamed.close()
+    key = _cache.cache_key(kind, rest, catalog.files, image_size=None, max_samples=max_samples, extra=options)
+    if cache_dir is not None:
+        cached = _cache.load_cached(cache_dir, key)
+        if cached is not None:
+            _raise_cached_strict(strict, cached, cache_dir, key)
+            return cached
+    dataset = audio.decode_catalog(
+        catalog,
+        source=source,
+        sample_rate=sample_rate,
+        min_seconds=min_seconds,
+        max_samples=max_samples,
+        strict=strict,
+    )
+    dataset._given_fingerprint = key  # the files and options determine the decoded clips
+    if cache_dir is not None:
+        _cache.save_cached(cache_dir, key, dataset)
+    return dataset
+
+
+def _raise_cached_strict(strict: bool, cached: Dataset, cache_dir: str | Path, key: str) -> None:
+    if strict and cached.skipped:
+        sample_id, reason = cached.skipped[0]
+        raise DataError(
+            f"cannot read {sample_id}: {reason}. (strict=True; recorded in the data cache "
+            f"{_cache.cache_path(cache_dir, key)})"
+        )
 
 
 def _open_streaming(
@@ -238,12 +325,7 @@ def _load_in_memory(
     if cache_dir is not None:
         cached = _cache.load_cached(cache_dir, key)
         if cached is not None:
-            if strict and cached.skipped:
-                sample_id, reason = cached.skipped[0]
-                raise DataError(
-                    f"cannot read {sample_id}: {reason}. (strict=True; recorded in the data cache "
-                    f"{_cache.cache_path(cache_dir, key)})"
-                )
+            _raise_cached_strict(strict, cached, cache_dir, key)
             return cached
     dataset = factory(rest, image_size=image_size, max_samples=max_samples, strict=strict)
     if not isinstance(dataset, InMemoryDataset):  # a source with a data set type of its own

@@ -42,6 +42,8 @@ class EncoderOutput:
 # removed before the blocks, as MAE / I-JEPA do) or "replace" (masked tokens are replaced by a
 # learned mask embedding and stay in the sequence, as data2vec / wav2vec 2.0 / HuBERT do).
 MASK_MODES = ("none", "drop", "replace")
+# The names encoders give their learned mask embeddings (see Encoder.mask_parameters).
+MASK_PARAMETER_NAMES = ("mask_token", "mask_embedding")
 
 
 class Encoder(nn.Module):
@@ -87,6 +89,12 @@ class Encoder(nn.Module):
         if match:
             return min(int(match.group(1)) + 1, self.num_layers)
         return self.num_layers
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        """The learned mask embedding(s) that a ``"replace"`` mask uses (``mask_token`` /
+        ``mask_embedding``): only masked-modelling methods train them, so the builder freezes them for the
+        others (a parameter without a gradient would stall DDP)."""
+        return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in MASK_PARAMETER_NAMES]
 
     def forward(  # pragma: no cover - abstract
         self, x: Tensor, *, padding_mask: Tensor | None = None, mask: Tensor | None = None
@@ -139,6 +147,20 @@ def check_image_batch(x: Tensor, in_channels: int) -> None:
         )
     if not torch.is_floating_point(x):
         raise TypeError(f"expected a floating-point image batch, got {x.dtype}; normalize uint8 images first")
+
+
+def missing_capabilities(encoder: Encoder, needs: tuple[str, ...]) -> list[str]:
+    """What ``encoder`` lacks of ``needs``, the capabilities a method or view policy declares in its
+    registry metadata (``needs=...``): an attribute name (``"local_features"``, ``"contextualize"``,
+    ``"frontend"``) or ``"mask:<mode>"`` for a :data:`MASK_MODES` entry the encoder must apply."""
+    missing = []
+    for need in needs:
+        if need.startswith("mask:"):
+            if getattr(encoder, "mask_mode", "none") != need.removeprefix("mask:"):
+                missing.append(f"mask_mode {need.removeprefix('mask:')!r}")
+        elif getattr(encoder, need, None) is None:
+            missing.append(need)
+    return missing
 
 
 def padding_mask_from_lengths(lengths: Tensor, max_length: int) -> Tensor:

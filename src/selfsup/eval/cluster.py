@@ -181,6 +181,27 @@ def kmeans(
     return labels, centers.float(), inertia
 
 
+@torch.no_grad()
+def nearest_centers(
+    features: Tensor, centers: Tensor, *, chunk_size: int = 4096, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Index ``(N,)`` int64 of the nearest of ``centers`` ``(k, D)`` (squared Euclidean distance) for
+    each row of ``features`` ``(N, D)``, ``chunk_size`` rows at a time (memory O(chunk_size * k)); the
+    assignment step of :func:`kmeans`, in ``dtype`` (default: float64 on CPUs, float32 elsewhere), on
+    the features' device. Ties go to the lowest index."""
+    _check_features("features", features)
+    chunk_size = _positive("chunk_size", chunk_size)
+    if centers.ndim != 2 or centers.shape[1] != features.shape[1] or centers.shape[0] < 1:
+        raise ValueError(
+            f"centers must be (k, {features.shape[1]}) for features of width {features.shape[1]}, "
+            f"got {tuple(centers.shape)}"
+        )
+    if dtype is None:
+        dtype = torch.float64 if features.device.type == "cpu" else torch.float32
+    x = features.detach().to(dtype)
+    return _assign(x, x.square().sum(dim=1), centers.to(x.device, dtype), chunk_size)[0]
+
+
 # --- scores, in scikit-learn's conventions -------------------------------------------------
 
 
@@ -338,4 +359,4 @@ class ClusterProbe:
         }
 
 
-__all__ = ["ClusterProbe", "ari", "contingency", "hungarian_accuracy", "kmeans", "nmi"]
+__all__ = ["ClusterProbe", "ari", "contingency", "hungarian_accuracy", "kmeans", "nearest_centers", "nmi"]

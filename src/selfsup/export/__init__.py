@@ -9,7 +9,8 @@ load it:
   rebuilds it (no unpickling).
 * ``timm`` — ResNet-18/50 with the ImageNet stem as timm's headless ``resnet18`` / ``resnet50``.
 * ``onnx`` — every fixed-size encoder: ``model.onnx`` checked against PyTorch with ONNX Runtime.
-* ``hf`` — Hugging Face transformers directories, for speech and text encoders once they exist.
+* ``hf`` — the ``wav2vec2`` speech encoder as a transformers ``Wav2Vec2Model`` / ``HubertModel``
+  directory (option ``hf_model``), checked against transformers when it is installed.
 
 >>> selfsup.export_run("runs/x", "onnx")            # runs/x/export/onnx/model.onnx
 >>> encoder = load_exported(export_run("runs/x", "safetensors"))

@@ -48,7 +48,11 @@ class BYOL(Method):
         final_momentum: target EMA decay at the last step (1.0 in the paper).
     """
 
-    default_view_policies: ClassVar[dict[str, str]] = {"image": "byol", "vector": "vector_noise"}
+    default_view_policies: ClassVar[dict[str, str]] = {
+        "image": "byol",
+        "vector": "vector_noise",
+        "audio": "byol_a",
+    }
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ from selfsup.build import (
     save_inputs,
 )
 from selfsup.config import RUNTIME_KEYS, Config, differences, dump_config, load_config, validate
+from selfsup.data.audio import AudioDataset, clip_lengths
 from selfsup.data.base import Batch, Dataset, InMemoryDataset
 from selfsup.data.loader import PrefetchLoader, default_depth, default_workers
 from selfsup.errors import CheckpointError, ConfigError, DataError
@@ -71,7 +72,7 @@ from selfsup.train.online_probe import OnlineProbe
 from selfsup.train.optim import build_optimizer, set_learning_rate
 from selfsup.train.report import announce, print_summary, summarize, write_report
 from selfsup.train.runtime import autocast, resolve_device, resolve_precision, seed_everything
-from selfsup.train.sampler import StepSampler, view_seed
+from selfsup.train.sampler import DurationSampler, StepSampler, view_seed
 from selfsup.train.schedules import warmup_cosine
 from selfsup.train.validation import Validation
 
@@ -171,7 +172,7 @@ class Session:
     model: nn.Module  # the method, wrapped in DDP when distributed
     policy: ViewPolicy
     optimizer: torch.optim.Optimizer
-    sampler: StepSampler | None  # None for a 0-step run
+    sampler: StepSampler | DurationSampler | None  # None for a 0-step run
     monitor: KNNMonitor | None
     base_lr: float
     warmup: int
@@ -267,11 +268,34 @@ def _build_model(
     return method, model
 
 
-def _build_sampler(config: Config, dataset: Dataset) -> StepSampler | None:
-    """The step-to-indices map (None for a 0-step run); a batch larger than the data is a clear error."""
+def _build_sampler(config: Config, dataset: Dataset) -> StepSampler | DurationSampler | None:
+    """The step-to-indices map (None for a 0-step run): ``train.batch_size`` samples per step, or, for
+    audio with ``data.batch_seconds``, batches of clips sized by padded duration (one per micro-batch of
+    each process); a batch larger than the data is a clear error."""
     train = config.train
     if train.steps <= 0:
         return None
+    seconds = config.data.batch_seconds
+    if seconds is not None:
+        lengths, rate = clip_lengths(dataset), dataset.info.sample_rate
+        if lengths is None or not rate:
+            modality = dataset.info.modality
+            raise ConfigError(
+                f"data.batch_seconds sizes batches of audio clips, but the data holds {modality} samples; "
+                "unset it and use train.batch_size"
+            )
+        if isinstance(seconds, bool) or not seconds > 0:
+            raise ConfigError(f"data.batch_seconds must be > 0 seconds (or null), got {seconds!r}")
+        try:
+            return DurationSampler(
+                lengths,
+                round(seconds * rate),
+                seed=train.seed,
+                accumulate=train.accumulate,
+                world_size=dist.world_size(),
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     try:
         return StepSampler(
             len(dataset),
@@ -323,7 +347,8 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
     config = resolve_components(config, dataset.info)
     latest = _prepare_run_dir(run_dir, config, resume)
     transform = _input_transform(config, run_dir, dataset, latest is not None)
-    if device.type == "cuda" and isinstance(dataset, InMemoryDataset) and dataset.nbytes < GPU_RESIDENT_BYTES:
+    resident = isinstance(dataset, InMemoryDataset | AudioDataset)
+    if device.type == "cuda" and resident and dataset.nbytes < GPU_RESIDENT_BYTES:
         dataset = dataset.to(device)
     method, model = _build_model(config, dataset, transform, run_dir, device, fresh=latest is None)
     base_lr = scaled_learning_rate(config)
@@ -547,10 +572,29 @@ class _LogWindow:
 
     def reset(self) -> None:
         self.start, self.steps, self.loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
+        self.samples, self.audio = 0, 0
 
-    def add(self, loss_sum: Tensor) -> None:
+    def add(self, loss_sum: Tensor, samples: int, audio: int = 0) -> None:
+        """One step's summed loss, its samples (clips), and its valid audio samples (0 if not audio)."""
         self.steps += 1
         self.loss_sum += loss_sum  # no .item() here: a host sync per step would stall the GPU
+        self.samples += samples
+        self.audio += audio
+
+
+def _step_load(s: Session, step: int, lengths: Tensor | None) -> tuple[int, int]:
+    """(samples, valid audio samples) of the global batch of ``step``, from the sampler (no host sync);
+    ``lengths``: the clips' lengths for audio data, else None (then 0 audio samples)."""
+    sampler = s.sampler
+    assert sampler is not None
+    samples = sampler.step_samples(step)
+    if lengths is None:
+        return samples, 0
+    if isinstance(sampler, DurationSampler):
+        return samples, sampler.step_length(step)
+    world = dist.world_size()
+    parts = [sampler.indices(step, m, r) for m in range(s.config.train.accumulate) for r in range(world)]
+    return samples, int(lengths[torch.cat(parts)].sum())
 
 
 def _log_step(
@@ -558,8 +602,11 @@ def _log_step(
 ) -> dict[str, Any]:
     train = s.config.train
     loss = dist.all_reduce_mean(window.loss_sum / (window.steps * train.accumulate)).item()
-    throughput = window.steps * train.batch_size / max(time.perf_counter() - window.start, 1e-9)
-    logs: dict[str, Any] = {"loss": loss, "lr": lr, "samples_per_s": throughput}
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    logs: dict[str, Any] = {"loss": loss, "lr": lr, "samples_per_s": window.samples / elapsed}
+    rate = s.dataset.info.sample_rate
+    if window.audio and rate:  # seconds of audio per second: the figure that compares speech trainers
+        logs["audio_seconds_per_s"] = window.audio / rate / elapsed
     logs.update({k: to_scalar(v) for k, v in output.logs.items()})
     if grad_norm is not None:
         logs["grad_norm"] = float(grad_norm)
@@ -584,6 +631,7 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         stop_at = s.step  # resuming a run that stopped early: nothing left to train
     bar = progress_bar(train.steps, s.step, enabled=train.progress and dist.is_main())
     window, run_start, last_logs = _LogWindow(s.device), time.perf_counter(), {}
+    lengths = clip_lengths(s.dataset) if s.step < stop_at else None
     s.model.train()
     loader = _batches(s, stop_at) if s.step < stop_at else None
     s.batches = iter(loader) if loader is not None else None
@@ -591,18 +639,17 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         while s.step < stop_at:
             lr = warmup_cosine(s.step, train.steps, s.base_lr, warmup_steps=s.warmup, final=optim.final_lr)
             output, loss_sum, grad_norm = _optimizer_step(s, lr)
-            window.add(loss_sum)
+            window.add(loss_sum, *_step_load(s, s.step - 1, lengths))
             bar.update(1)
             step = s.step
             if step % train.log_every == 0 or step == stop_at:
                 last_logs = _log_step(s, window, output, lr, grad_norm)
                 if "embedding_std" in last_logs and step > s.warmup:
                     collapse.update(last_logs["embedding_std"], step)
-                bar.set_postfix(
-                    loss=f"{last_logs['loss']:.4f}",
-                    **{f"{unit}/s": f"{last_logs['samples_per_s']:.0f}"},
-                    lr=f"{lr:.3g}",
-                )
+                speed = {f"{unit}/s": f"{last_logs['samples_per_s']:.0f}"}
+                if "audio_seconds_per_s" in last_logs:
+                    speed = {"audio s/s": f"{last_logs['audio_seconds_per_s']:.1f}"}
+                bar.set_postfix(loss=f"{last_logs['loss']:.4f}", **speed, lr=f"{lr:.3g}")
                 window.reset()
             evaluated = bool(s.knn_every and step % s.knn_every == 0 and step < train.steps)
             if evaluated:

@@ -75,6 +75,7 @@ def summarize(
         "steps": step,
         "final_loss": logs.get("loss"),
         "samples_per_s": logs.get("samples_per_s"),
+        "audio_seconds_per_s": logs.get("audio_seconds_per_s"),
         "wall_seconds": round(seconds, 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }

@@ -1,0 +1,1 @@
+"""Interoperability with other libraries' model formats (key renamings; no third-party import needed)."""
