@@ -157,11 +157,15 @@ class Pretrained:
         batch_size: int | None = None,
         cache: bool = True,
         progress: bool = True,
+        max_batch_seconds: float | None = 60.0,
+        cache_limit_gb: float = 20.0,
     ) -> Any:
         """Features of every sample of ``data`` (see :func:`selfsup.eval.features.extract_features`):
         pooled ``(N, D)`` by default, ``{layer: (N, C)}``, stacked ``(N, L, D)`` or per frame. Cached
         under ``RUN/features/`` unless ``cache=False``; the cache is keyed by the weights, the
-        transform, the data, the layers and the pooling."""
+        transform, the data, the layers and the pooling. Audio is batched by duration (at most
+        ``max_batch_seconds`` of padded audio per batch); a cache entry estimated above
+        ``cache_limit_gb`` is refused up front."""
         dataset = self.load_data(data) if isinstance(data, str) else data
         return extract_features(
             self.encoder,
@@ -175,6 +179,8 @@ class Pretrained:
             cache_dir=self.run_dir / "features" if cache else None,
             workers=self.config.data.workers,
             progress=progress,
+            max_batch_seconds=max_batch_seconds,
+            cache_limit_gb=cache_limit_gb,
         )
 
     def random_init(self) -> Pretrained:

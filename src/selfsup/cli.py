@@ -129,7 +129,13 @@ def _eval_layer(args: argparse.Namespace) -> int:
     from selfsup.eval.protocols import evaluate_layer
 
     results = evaluate_layer(
-        args.run, args.train, args.test, level=args.level, device=args.device, out=args.out
+        args.run,
+        args.train,
+        args.test,
+        level=args.level,
+        baselines=args.baselines,
+        device=args.device,
+        out=args.out,
     )
     _print_metrics(results, "weighted-layer probe on the test set")
     return 0
@@ -189,6 +195,8 @@ def _export(args: argparse.Namespace) -> int:
         options["data"] = args.verify_data
     if args.no_hidden:
         options["hidden"] = False
+    if args.hf_model:
+        options["hf_model"] = args.hf_model
     path = export_run(args.run, args.format, args.out, device=args.device, **options)
     print(f"exported {args.run} as {args.format} to {path}")
     return 0
@@ -384,6 +392,14 @@ def _add_eval_commands(commands: Any) -> None:
     q.set_defaults(handler=_eval_finetune)
     q = evaluation("layer", "SUPERB-style weighted-layer probe over every hidden state", _eval_layer)
     q.add_argument("--level", choices=["utterance", "frame"], default="utterance")
+    q.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also probe a random-init encoder and the input baselines (log-mel, MFCC for audio)",
+    )
+    from selfsup.eval.verification import add_verification_command
+
+    add_verification_command(evaluations)
     q = evaluation(
         "cluster", "k-means on the features: NMI, ARI, Hungarian accuracy", _eval_cluster, paired=False
     )
@@ -421,6 +437,9 @@ def _add_output_commands(commands: Any) -> None:
     p.add_argument("--opset", type=int, help="onnx: the opset version (default 17)")
     p.add_argument("--verify-data", help="onnx: check ONNX Runtime against PyTorch on samples of this source")
     p.add_argument("--no-hidden", action="store_true", help="onnx: output only the pooled embedding")
+    p.add_argument(
+        "--hf-model", choices=["wav2vec2", "hubert"], help="hf: transformers model type (default wav2vec2)"
+    )
     p.set_defaults(handler=_export)
 
     p = commands.add_parser("bench", help="pretrain then probe methods x encoders within a time budget")

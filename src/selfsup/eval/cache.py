@@ -10,6 +10,13 @@ Arrays are written to files as they are extracted (memory stays bounded for larg
 temporary directory that is renamed into place once complete, so a crash never leaves a partial
 entry. Loading maps the files copy-on-write (``np.memmap(mode="c")``): nothing is unpickled and
 nothing is read until used.
+
+Before an entry is written its size is estimated from what the encoder and the data declare
+(:func:`estimate_entry_bytes`: ``N x layers x D x 4`` bytes pooled, the sum of the samples' frames
+instead of ``N`` per frame), logged, and refused above a limit (:data:`DEFAULT_CACHE_LIMIT_GB`,
+``cache_limit_gb`` to raise it) or above the free space of the disk (:func:`check_entry_size`):
+per-frame features of every layer of a speech corpus reach terabytes (LibriSpeech's 960 h at 50
+frames/s, 13 layers of 768: 6.9 TB), which should be said before the disk fills, not after.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -27,10 +36,66 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from selfsup.errors import ConfigError
 from selfsup.io import fsync_directory
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": np.float32, "int64": np.int64}
+# Above this an entry is refused unless the caller raises the limit: enough for pooled features of
+# every layer of large sets (1.28M images x 25 layers x 1024 x 4 bytes is 122 GiB, refused; FSDD's
+# 3,000 clips x 13 x 768 pooled is 0.1 GiB, per frame 2 GiB), small beside a disk.
+DEFAULT_CACHE_LIMIT_GB = 20.0
+# Entries larger than this are announced as a warning, smaller ones at INFO.
+ANNOUNCE_BYTES = 2**30
+
+logger = logging.getLogger(__name__)
+
+
+def estimate_entry_bytes(samples: int, layers: int, width: int, frames: int | None = None) -> int:
+    """Bytes of a cache entry: ``rows x layers x width x 4`` (float32), ``rows`` being ``samples``
+    for pooled features or ``frames`` (all samples' valid frames) per frame, plus the ``(N,)`` int64
+    frame counts. ``width`` is the encoder's ``embed_dim``: exact for Transformers, whose hidden states
+    share it, an upper bound for ConvNets, whose earlier stages are narrower."""
+    for name, value in (("samples", samples), ("layers", layers), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if frames is None:
+        return samples * layers * width * 4
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+        raise ValueError(f"frames must be an integer >= 0 or None, got {frames!r}")
+    return frames * layers * width * 4 + samples * 8
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_entry_size(nbytes: int, cache_dir: Path, *, limit_gb: float, what: str = "") -> None:
+    """Log the estimated size of a new entry under ``cache_dir``; raise :class:`ConfigError` (with what
+    to do) when it exceeds ``limit_gb`` GiB or the free space of the disk that holds ``cache_dir``."""
+    if not (isinstance(limit_gb, (int, float)) and not isinstance(limit_gb, bool) and limit_gb > 0):
+        raise ConfigError(f"the feature cache limit must be a positive number of GiB, got {limit_gb!r}")
+    existing = Path(cache_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free: float = shutil.disk_usage(existing).free
+    except OSError:
+        free = math.inf
+    detail = f" ({what})" if what else ""
+    level = logging.WARNING if nbytes >= ANNOUNCE_BYTES else logging.INFO
+    logger.log(level, "feature cache: the entry will take about %s%s in %s", _gib(nbytes), detail, cache_dir)
+    if nbytes > limit_gb * 2**30:
+        raise ConfigError(
+            f"the feature cache entry would take about {_gib(nbytes)}{detail}, more than the limit of "
+            f"{limit_gb:g} GiB; raise the limit (cache_limit_gb={math.ceil(nbytes / 2**30) + 1}), extract "
+            "fewer layers or pooled instead of per-frame features, or extract without the cache (cache=False)"
+        )
+    if nbytes > free:
+        raise ConfigError(
+            f"the feature cache entry would take about {_gib(nbytes)}{detail}, but only {_gib(free)} is "
+            f"free on the disk of {cache_dir}; free some space, cache elsewhere, or extract without the cache"
+        )
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -132,4 +197,12 @@ def read_entry(cache_dir: Path, key: str) -> tuple[dict[str, Any], dict[str, Ten
         return None
 
 
-__all__ = ["EntryWriter", "feature_key", "read_entry", "weights_fingerprint"]
+__all__ = [
+    "DEFAULT_CACHE_LIMIT_GB",
+    "EntryWriter",
+    "check_entry_size",
+    "estimate_entry_bytes",
+    "feature_key",
+    "read_entry",
+    "weights_fingerprint",
+]

@@ -6,6 +6,12 @@ Every classification record has the same shape (``docs/ARCHITECTURE.md``, "Evalu
 ``{"protocol", "train", "test", "metrics": {name: value}, "classes", "confusion", "per_class"}`` plus
 what the protocol adds (the linear grid and its selection, few-label draws, layer weights, ...), so
 ``selfsup report`` can show any of them.
+
+Baselines (``baselines=True``): the same encoder at its initial weights, and the inputs themselves
+through the same heads: the raw inputs for images and vectors, and for audio — where a raw waveform
+is no feature — the mean and standard deviation over the valid frames of log-mel filterbanks (80
+bins) and of MFCCs (13 + deltas + delta-deltas), computed by :mod:`selfsup.audio.frontend`
+(:func:`input_baselines`). Speaker verification is in :mod:`selfsup.eval.verification`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch import Tensor
 
 from selfsup.data.base import UNKNOWN_LABEL, Dataset
 from selfsup.errors import ConfigError
-from selfsup.eval.features import POOLINGS, raw_input_features
+from selfsup.eval.features import POOLINGS, FrontendEncoder, extract_features, raw_input_features
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.metrics import confusion_matrix, per_class_accuracy
 from selfsup.eval.splits import random_subset
@@ -166,8 +172,9 @@ def evaluate_linear(
     validation split of the training data (fixed ``seed``), scored on ``test``: top-1/top-5 and
     balanced accuracy, or R² / RMSE when ``train_targets`` / ``test_targets`` give float regression
     targets (``.npy`` files or tensors in the data's order) instead of the data's class labels. With
-    ``baselines`` the same protocol also runs on a randomly initialised encoder and the raw inputs
-    (the rows every SSL number needs beside it). Saved to ``RUN/eval/linear.json``."""
+    ``baselines`` the same protocol also runs on a randomly initialised encoder and the input
+    baselines (raw inputs; log-mel and MFCC statistics for audio): the rows every SSL number needs
+    beside it. Saved to ``RUN/eval/linear.json``."""
     from selfsup.eval.linear import LinearProbe
 
     model = as_model(run, device)
@@ -188,15 +195,14 @@ def evaluate_linear(
     extractors: dict[str, Any] = {"encoder": model}
     if baselines:
         extractors["random init"] = model.random_init()
-        extractors["raw inputs"] = None
+        for name, pair in input_baselines(model, train_data, test_data).items():
+            extractors[name] = pair
     results: dict[str, dict[str, Any]] = {}
     task = "regression" if regression else "classification"
     for name, extractor in extractors.items():
-        if extractor is None:
-            raw = raw_inputs(model, train_data, test_data)
-            if raw is None:
-                continue
-            train_sets, test_sets = {"raw": raw[0]}, {"raw": raw[1]}
+        if isinstance(extractor, tuple):  # an input baseline's (train, test) features
+            key = "raw" if name == "raw inputs" else name
+            train_sets, test_sets = {key: extractor[0]}, {key: extractor[1]}
         else:
             train_sets = feature_sets(extractor, train_data, layers, poolings)
             test_sets = feature_sets(extractor, test_data, layers, poolings)
@@ -245,18 +251,64 @@ def raw_inputs(model: Any, train: Dataset, test: Dataset) -> tuple[Tensor, Tenso
     return raw_input_features(train, model.transform), raw_input_features(test, model.transform)
 
 
+def audio_frontends(model: Any) -> dict[str, FrontendEncoder]:
+    """The audio input baselines as 0-layer encoders at the run's sample rate: ``"log-mel"`` (80 log-mel
+    bins, 25 ms windows every 10 ms) and ``"mfcc"`` (13 MFCCs + deltas + delta-deltas), each pooled
+    into ``[mean, std]`` over the valid frames (:class:`~selfsup.eval.features.FrontendEncoder`)."""
+    from selfsup.audio.frontend import MFCC, LogMelFrontend
+
+    rate = float(model.info.sample_rate or getattr(model.transform, "sample_rate", None) or 16000)
+    hop, window = round(0.010 * rate), round(0.025 * rate)
+    frontends = {
+        "log-mel": LogMelFrontend(
+            sample_rate=rate, n_fft=window, win_length=window, hop_length=hop, n_mels=80
+        ),
+        "mfcc": MFCC(
+            sample_rate=rate, n_fft=window, win_length=window, hop_length=hop, n_mfcc=13, deltas=True
+        ),
+    }
+    return {name: FrontendEncoder(frontend).to(model.device).eval() for name, frontend in frontends.items()}
+
+
+def frontend_features(model: Any, frontend: FrontendEncoder, data: Dataset) -> Tensor:
+    """``(N, 2C)`` pooled statistics of a front-end over ``data``, through the run's input transform and
+    the same duration-sized batches as the encoder's features (not cached: cheaper to recompute)."""
+    return extract_features(
+        frontend,
+        data,
+        model.transform,
+        batch_size=model.config.eval.batch_size,
+        device=model.device,
+        workers=model.config.data.workers,
+    )
+
+
+def input_baselines(model: Any, train: Dataset, test: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{name: (train features, test features)}`` of the input baselines: for audio ``"log-mel"`` and
+    ``"mfcc"`` statistics (:func:`audio_frontends`), otherwise ``"raw inputs"`` (left out when too large,
+    see :func:`raw_inputs`). ``test`` may be ``train`` (computed once)."""
+    if model.info.modality == "audio":
+        pairs = {}
+        for name, frontend in audio_frontends(model).items():
+            a = frontend_features(model, frontend, train)
+            pairs[name] = (a, a if test is train else frontend_features(model, frontend, test))
+        return pairs
+    raw = raw_inputs(model, train, test)
+    return {} if raw is None else {"raw inputs": raw}
+
+
+def _pair(extractor: Any, train: Dataset, test: Dataset, **options: Any) -> tuple[Any, Any]:
+    a = extractor.features(train, **options)
+    return a, (a if test is train else extractor.features(test, **options))
+
+
 def baseline_extractors(model: Any, train: Dataset, test: Dataset) -> dict[str, tuple[Tensor, Tensor]]:
     """``{name: (train features, test features)}`` for the encoder, the same encoder randomly
-    initialised and the raw inputs (through the run's input transform; left out when too large, see
-    :func:`raw_inputs`): the rows every table needs."""
+    initialised and the input baselines (:func:`input_baselines`: raw inputs through the run's input
+    transform, or log-mel and MFCC statistics for audio): the rows every table needs."""
     untrained = model.random_init()
-    extractors = {
-        "encoder": (model.features(train), model.features(test)),
-        "random init": (untrained.features(train), untrained.features(test)),
-    }
-    raw = raw_inputs(model, train, test)
-    if raw is not None:
-        extractors["raw inputs"] = raw
+    extractors = {"encoder": _pair(model, train, test), "random init": _pair(untrained, train, test)}
+    extractors.update(input_baselines(model, train, test))
     return extractors
 
 
@@ -352,6 +404,7 @@ def evaluate_layer(
     test: str | Dataset,
     *,
     level: str = "utterance",
+    baselines: bool = False,
     seed: int = 0,
     device: str = "cpu",
     out: str | Path | None = None,
@@ -360,6 +413,12 @@ def evaluate_layer(
     """SUPERB-style weighted-layer probe (:class:`~selfsup.eval.layer.WeightedLayerProbe`): softmax
     weights over all hidden states and a linear head, fitted on ``train``, scored on ``test``. The
     weights are saved in ``RUN/eval/layer.json`` and drawn in ``RUN/eval/layer_weights.png``.
+    Any label column works: digits or keywords (utterance classification), speakers (speaker
+    identification), emotions, languages.
+
+    With ``baselines`` the same probe (same settings and seed) is fitted on the randomly initialised
+    encoder's hidden states and on the input baselines as a single "layer" (:func:`input_baselines`);
+    their metrics go under ``"baselines"`` and the random-init weights under ``"baseline_layer_weights"``.
 
     Utterance level (one label per sample) works for every encoder. Frame level needs a label per
     frame, which no data source provides yet (the speech issue adds aligned sources); the probe
@@ -385,7 +444,7 @@ def evaluate_layer(
     plot_layer_weights(
         weights, target.with_name(target.stem + "_weights.png"), title=f"layer weights: {model.run_dir.name}"
     )
-    record = {
+    record: dict[str, Any] = {
         "train": _spec(train),
         "test": _spec(test),
         "metrics": metrics,
@@ -395,6 +454,18 @@ def evaluate_layer(
     record.update(
         classification_record(probe.predict(test_features), test_data.labels, test_data.info.classes)
     )
+    if baselines:
+        options = {"level": "utterance", "seed": seed, "device": str(model.device), **probe_options}
+        untrained = model.random_init()
+        sets = {"random init": (stacked_layers(untrained, train_data), stacked_layers(untrained, test_data))}
+        for name, (a, b) in input_baselines(model, train_data, test_data).items():
+            sets[name] = (a.unsqueeze(1), b.unsqueeze(1))  # one "layer": (N, 1, D)
+        record["baselines"], record["baseline_layer_weights"] = {}, {}
+        for name, (a, b) in sets.items():
+            baseline = WeightedLayerProbe(**options).fit(a, train_data.labels)
+            record["baselines"][name] = baseline.evaluate(b, test_data.labels)
+            if a.shape[1] > 1:
+                record["baseline_layer_weights"][name] = [float(w) for w in baseline.layer_weights]
     write_record(model, "layer", target, record)
     return metrics
 
@@ -456,6 +527,7 @@ def write_embedding_map(
 
 __all__ = [
     "as_model",
+    "audio_frontends",
     "baseline_extractors",
     "classification_record",
     "evaluate_cluster",
@@ -466,6 +538,8 @@ __all__ = [
     "feature_sets",
     "few_label_by_features",
     "fewshot_record",
+    "frontend_features",
+    "input_baselines",
     "labelled",
     "stacked_layers",
     "write_embedding_map",

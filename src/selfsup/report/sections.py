@@ -261,6 +261,8 @@ def eval_section(name: str, record: dict[str, Any], run: RunData, draw: _Drawer)
     splits = [f"{key}: {_spec(record[key])}" for key in ("train", "test") if record.get(key) is not None]
     if splits:
         blocks.append(Text(" · ".join(splits)))
+    if isinstance(record.get("note"), str):  # e.g. too few speakers for a meaningful EER
+        blocks.append(Text(f"Note: {record['note']}"))
     blocks += _metrics_table(record["metrics"])
     if name == "linear" or "selected" in record or "grid" in record:
         blocks += _linear_blocks(record)
