@@ -210,6 +210,31 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return out / world_size()
 
 
+def per_process_share(count: Tensor) -> Tensor:
+    """``count`` summed over ranks, divided by the number of ranks (detached, at least ``1 / world``).
+
+    The normalizer of a loss summed over items (masked frames, tokens) that must equal the mean over the
+    items of the *global* batch however they fall on the ranks: each rank divides its sum by this, and
+    DDP's gradient average over ranks then gives ``sum over all items / global count`` (fairseq divides
+    the all-reduced gradient by the all-reduced sample size). One process: ``count`` itself.
+    """
+    total = count.detach().to(torch.float64).reshape(())
+    if world_size() > 1:
+        total = total.clone()
+        tdist.all_reduce(total, op=tdist.ReduceOp.SUM)
+    world = world_size()
+    return (total / world).clamp_min(1.0 / world).to(torch.float32)
+
+
+def global_mean(local_sum: Tensor, local_count: Tensor) -> Tensor:
+    """``Σ_ranks local_sum / Σ_ranks local_count``, with the gradient of the numerator (a batch statistic
+    of the global batch inside a loss: wav2vec 2.0's code usage, the feature penalty). Every rank gets
+    the same value; DDP's gradient average then gives each rank's inputs the one-process gradient,
+    since the backward of the sum sums the ranks' upstream gradients. One process: the local mean."""
+    total = all_reduce_sum_with_grad(local_sum)
+    return total / (per_process_share(local_count) * world_size()).to(total.dtype)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Return rank ``src``'s ``obj`` on every rank (picklable objects; identity in one process)."""
     if world_size() == 1:

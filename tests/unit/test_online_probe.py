@@ -16,7 +16,8 @@ from tiny_data import TINY_DATA, combinations, make_views, modality_of, small_co
 
 from selfsup.api import make_config
 from selfsup.build import build_encoder, build_method, build_policy, fit_transform, resolve_components
-from selfsup.methods import StepInfo
+from selfsup.encoders.base import pool_unmasked
+from selfsup.methods import METHODS, StepInfo
 from selfsup.methods import finetune as _finetune  # noqa: F401  (registers the method)
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.loop import pretrain_run
@@ -70,15 +71,23 @@ def test_every_method_returns_detached_encoder_features(method_name: str, encode
     data = TINY_DATA[modality_of(encoder_name)]()
     config = resolve_components(small_config(method_name, encoder_name), data.info)
     torch.manual_seed(0)
-    method = build_method(config, build_encoder(config, data.info), data.info)
-    policy = build_policy(config, data.info, fit_transform(config, data), method.encoder)
+    transform = fit_transform(config, data)
+    encoder = build_encoder(config, data.info)
+    method = build_method(config, encoder, data.info, dataset=data, transform=transform)
+    policy = build_policy(config, data.info, transform, method.encoder)
     views = make_views(policy, data)
     out = method(views, StepInfo(0, 10))
     assert out.features is not None and not out.features.requires_grad
     assert out.features.shape == (views.batch_size, method.encoder.embed_dim)
     method.eval()  # the pooled output of the first global view, as the encoder gives it
     with torch.no_grad():
-        expected = method.encoder(views.inputs[0]).pooled
+        padding, mask = views.padding_mask(0), views.mask(0)
+        if any(need.startswith("mask:") for need in METHODS.metadata(method_name).get("needs", ())):
+            # Masking methods: the encoder's output over the positions it did not mask.
+            encoded = method.encoder(views.inputs[0], padding_mask=padding, mask=mask)
+            expected = pool_unmasked(encoded.last_hidden_state, encoded.padding_mask, mask)
+        else:
+            expected = method.encoder(views.inputs[0], padding_mask=padding).pooled
         out = method(views, StepInfo(0, 10))
     torch.testing.assert_close(out.features, expected)  # eval mode: no batch statistics involved
 

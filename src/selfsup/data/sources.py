@@ -47,6 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import torch
+
 from selfsup.data import cache as _cache
 from selfsup.data.base import SOURCES, DataError, Dataset, InMemoryDataset
 
@@ -161,7 +163,9 @@ def load_dataset(
     """Load a data set from ``spec`` (see the module docstring for the forms).
 
     Args:
-        spec: what to load, e.g. ``"digits:train"``, ``"/data/imgs"``, ``"/data/train-*.tar"``, ``"x.npy"``.
+        spec: what to load, e.g. ``"digits:train"``, ``"/data/imgs"``, ``"/data/train-*.tar"``, ``"x.npy"``;
+            several specs joined by ``" + "`` load as one data set (:mod:`selfsup.data.concat`), e.g.
+            ``"ljspeech/clips.tar + fsdd/metadata.csv?split=train"``.
         image_size: resize the shorter side to this and centre-crop a square; None keeps the
             native size, which must then be the same for every image.
         max_samples: stop after this many readable samples (the first ones in source order).
@@ -185,6 +189,17 @@ def load_dataset(
     _check_positive("max_samples", max_samples)
     if loading not in LOADING_MODES:
         raise DataError(f"data.loading must be one of {', '.join(LOADING_MODES)}, got {loading!r}")
+    from selfsup.data.concat import concat_datasets, split_spec
+
+    parts = split_spec(spec) if isinstance(spec, str) else [spec]
+    if len(parts) > 1:
+        options = dict(image_size=image_size, strict=strict, cache_dir=cache_dir, sample_rate=sample_rate)
+        options.update(loading="memory" if loading == "auto" else loading, memory_limit_gb=memory_limit_gb)
+        loaded = [load_dataset(part, **options, min_seconds=min_seconds) for part in parts]
+        joined = concat_datasets(loaded, parts, source=" + ".join(p.source for p in loaded))
+        if max_samples is not None and max_samples < len(joined):
+            return joined.subset(torch.arange(max_samples))
+        return joined
     kind, rest = resolve_spec(spec)
     from selfsup.data import audio
 

@@ -138,6 +138,17 @@ def pool_hidden_state(hidden: Tensor, padding_mask: Tensor | None = None) -> Ten
     raise ValueError(f"cannot pool a hidden state of shape {tuple(hidden.shape)}")
 
 
+def pool_unmasked(hidden: Tensor, padding_mask: Tensor | None, mask: Tensor) -> Tensor:
+    """``(B, D)``: ``hidden`` ``(B, N, D)`` averaged over the positions neither padded nor masked (``mask``
+    ``(B, N)``, True where masked): what a masked-modelling method reports as its ``MethodOutput.features``
+    (masked positions hold the mask embedding's predictions, not a view of the input). A sample masked
+    everywhere falls back to all its valid positions."""
+    excluded = mask if padding_mask is None else mask | padding_mask
+    fallback = padding_mask if padding_mask is not None else torch.zeros_like(mask)
+    excluded = torch.where(excluded.all(dim=1, keepdim=True), fallback, excluded)
+    return pool_hidden_state(hidden, excluded)
+
+
 def check_image_batch(x: Tensor, in_channels: int) -> None:
     """Raise a clear error for input that is not ``(B, in_channels, H, W)`` floating point."""
     if x.ndim != 4 or x.shape[1] != in_channels:

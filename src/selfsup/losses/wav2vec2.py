@@ -31,6 +31,8 @@ __all__ = [
     "codebook_diversity",
     "codebook_perplexity",
     "feature_penalty",
+    "feature_penalty_sums",
+    "perplexity_of_mean",
     "sample_negative_indices",
     "wav2vec2_accuracy",
     "wav2vec2_chance",
@@ -188,7 +190,15 @@ def codebook_perplexity(probs: Tensor, valid: Tensor | None = None) -> Tensor:
             mean = (p * weights).sum(dim=0) / weights.sum().clamp_min(1.0)
         else:
             mean = p.mean(dim=0)  # (G, V)
-        entropy = -torch.xlogy(mean, mean).sum(dim=-1)  # (G,)
+        return perplexity_of_mean(mean)
+
+
+def perplexity_of_mean(mean: Tensor) -> Tensor:
+    """``Σ_g exp(H(p̄_g))`` of the average code distributions ``mean`` ``(G, V)`` (see
+    :func:`codebook_perplexity`; a method averaging over several processes passes the global mean)."""
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        p = mean.to(compute_dtype(mean))
+        entropy = -torch.xlogy(p, p).sum(dim=-1)  # (G,)
         return entropy.exp().sum()
 
 
@@ -209,11 +219,18 @@ def feature_penalty(conv_features: Tensor, padding_mask: Tensor | None = None) -
     included; here padded frames (``padding_mask`` ``(B, F)``, True at padding) are left out, so that
     padding never changes the loss. The features are the conv stack's output before the feature LayerNorm.
     """
+    total, count = feature_penalty_sums(conv_features, padding_mask)
+    return total / count.clamp_min(1.0)
+
+
+def feature_penalty_sums(conv_features: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(Σ f², number of values)`` over the valid frames: :func:`feature_penalty`'s numerator and
+    denominator, for a mean over the batch of every process (:func:`selfsup.dist.global_mean`)."""
     if conv_features.ndim != 3:
         raise ValueError(f"conv_features must be (B, F, C), got {tuple(conv_features.shape)}")
     with torch.autocast(device_type=conv_features.device.type, enabled=False):
         squared = conv_features.to(compute_dtype(conv_features)).square()
         if padding_mask is None:
-            return squared.mean()
+            return squared.sum(), torch.tensor(float(squared.numel()), device=squared.device)
         keep = (~padding_mask).to(squared.dtype).unsqueeze(-1)
-        return (squared * keep).sum() / (keep.sum() * conv_features.shape[2]).clamp_min(1.0)
+        return (squared * keep).sum(), keep.sum() * conv_features.shape[2]

@@ -48,10 +48,9 @@ base_librispeech.yaml``):
   :class:`~selfsup.errors.SelfsupError`: the CLI prints it without a traceback; every process sees the
   same all-reduced values and stops together). ``min_target_var=0`` / ``min_pred_var=0`` disable it.
 
-``MethodOutput.features`` and ``embeddings`` are the teacher's pooled output of the *unmasked* view
-(detached, free: the teacher runs every layer anyway). The student only ever sees inputs with ~half of
-the frames masked, whereas the online probe and the collapse monitor should see what evaluation sees --
-an unmasked input in eval mode; the teacher is the EMA of exactly that encoder.
+``MethodOutput.features`` and ``embeddings`` are, as for every masking method, the student encoder's
+output averaged over the positions it did not mask (:func:`~selfsup.encoders.base.pool_unmasked`, free:
+the masked positions hold the mask embedding's predictions, not a view of the input).
 
 ViT-style encoders with prefix tokens (class / register tokens) declare ``num_prefix_tokens`` (timm's
 name); those tokens are dropped from targets and predictions, as fairseq vision drops the class token
@@ -67,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import dist
-from selfsup.encoders.base import Encoder, EncoderOutput
+from selfsup.encoders.base import Encoder, EncoderOutput, pool_unmasked
 from selfsup.errors import ConfigError, SelfsupError
 from selfsup.losses.data2vec import data2vec_regression, data2vec_targets, mean_std_from_moments
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -214,7 +213,7 @@ class Data2Vec(Method):
             )
         x, padding = views.inputs[0], views.padding_mask(0)
         mask = mask.flatten(1).bool()  # (B, N): a (B, H, W) patch mask flattens in row-major order
-        student, teacher, layers = self._encode(x, padding, mask)
+        student, layers = self._encode(x, padding, mask)
         frame_padding = self._tokens(student.padding_mask)
         hidden = self._tokens(student.last_hidden_state)
         layers = [self._tokens(t) for t in layers[-self.top_k :]]
@@ -244,17 +243,16 @@ class Data2Vec(Method):
             "ema_decay": torch.tensor(self.decay(step.step, step.total_steps)),
             "masked_fraction": (valid.sum() / frames.clamp_min(1)).detach().float(),
         }
-        pooled = teacher.pooled.detach()
+        pooled = pool_unmasked(hidden.detach(), frame_padding, mask)
         return MethodOutput(loss=loss, logs=logs, embeddings=pooled, features=pooled)
 
-    def _encode(
-        self, x: Tensor, padding: Tensor | None, mask: Tensor
-    ) -> tuple[EncoderOutput, EncoderOutput, list[Tensor]]:
-        """The student's output on the masked input, the teacher's on the unmasked one, its layer outputs."""
+    def _encode(self, x: Tensor, padding: Tensor | None, mask: Tensor) -> tuple[EncoderOutput, list[Tensor]]:
+        """The student's output on the masked input and the teacher's layer outputs on the unmasked one."""
         if not self._split:
             student = self.encoder(x, padding_mask=padding, mask=mask)
-            teacher = self.teacher(x, padding_mask=padding)
-            return student, teacher, list(teacher.hidden_states[1:])
+            with torch.no_grad():
+                teacher = self.teacher(x, padding_mask=padding)
+            return student, list(teacher.hidden_states[1:])
         encoder: Any = self.encoder
         local = encoder.local_features(x, padding_mask=padding)
         _check_mask(mask, local.projected)
@@ -268,9 +266,8 @@ class Data2Vec(Method):
                 t_local = module.local_features(x, padding_mask=padding)
                 t_in, t_padding = t_local.projected, t_local.padding_mask
             t_context = module.contextualize(t_in, padding_mask=t_padding)
-        teacher = t_context.output
-        layers = t_context.ffn_outputs if self.target_layer == "ffn" else teacher.hidden_states[1:]
-        return context.output, teacher, list(layers)
+        layers = t_context.ffn_outputs if self.target_layer == "ffn" else t_context.output.hidden_states[1:]
+        return context.output, list(layers)
 
     def _tokens(self, t: Tensor | None) -> Tensor | None:
         """Drop the prefix (class / register) tokens of a ``(B, P + N, ...)`` sequence."""

@@ -45,9 +45,9 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.augment.base import InputTransform
 from selfsup.data.base import Dataset
-from selfsup.encoders.base import Encoder
+from selfsup.encoders.base import Encoder, pool_unmasked
 from selfsup.errors import ConfigError, DataError
-from selfsup.losses.wav2vec2 import feature_penalty
+from selfsup.losses.wav2vec2 import feature_penalty_sums
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.units import KMeansOptions, SplitLabels, Units, build_units, load_units
 
@@ -197,14 +197,17 @@ class HuBERT(Method):
                     )
                     logs[f"acc_{name}"] = correct / max(goal.numel(), 1)
                     logs[f"loss_{name}"] = ce.detach() / max(goal.numel(), 1)
-            loss = total / max(count, 1)
+            # fairseq: Σ CE / n + pen over the *global* batch's n predicted frames; dividing by
+            # n_global / world makes DDP's gradient average equal it however the frames fall on ranks.
+            loss = total / dist.per_process_share(torch.tensor(float(count)))
             penalty = self._feature_penalty(local, valid)
             if penalty is not None and self.feature_pen != 0:
                 loss = loss + self.feature_pen * penalty
                 logs["features_pen"] = penalty.detach()
         logs["masked_frames"] = torch.tensor(float(masked.sum()))
         logs["masked_accuracy"] = logs.pop("acc_m")
-        pooled = out.pooled.detach()
+        # The encoder's output over the frames it saw (not the mask embedding's): the online probe's input.
+        pooled = pool_unmasked(out.last_hidden_state.detach(), frame_padding, mask)
         return MethodOutput(loss=loss, logs=logs, embeddings=pooled, features=pooled)
 
     def _targets(self, views: Views, frame_lengths: Tensor, num_frames: int) -> Tensor:
@@ -245,7 +248,7 @@ class HuBERT(Method):
                 )
                 self._warned_penalty = True
             return None
-        return feature_penalty(raw, ~valid)
+        return dist.global_mean(*feature_penalty_sums(raw, ~valid))
 
 
 def check_label_rate(label_rate: float, encoder: Encoder) -> None:

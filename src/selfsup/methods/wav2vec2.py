@@ -48,10 +48,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from selfsup.encoders.base import Encoder, pool_hidden_state
+from selfsup import dist
+from selfsup.encoders.base import Encoder, pool_unmasked
 from selfsup.losses.wav2vec2 import (
     codebook_diversity,
-    feature_penalty,
+    feature_penalty_sums,
+    perplexity_of_mean,
     sample_negative_indices,
     wav2vec2_accuracy,
     wav2vec2_chance,
@@ -244,13 +246,18 @@ class Wav2Vec2(Method):
         slots = torch.arange(width, device=hidden.device)
         valid = (slots < counts_t.unsqueeze(1)) & (counts_t >= 2).unsqueeze(1)
         sample_size = valid.sum()
-        contrastive = wav2vec2_contrastive(logits, valid) / sample_size.clamp_min(1)
-        diversity = codebook_diversity(quantized.prob_perplexity, self.quantizer.total_codes)
-        loss = contrastive + self.diversity_weight * diversity
+        contrastive_sum = wav2vec2_contrastive(logits, valid)
+        # Batch statistics over the masked frames of every process (the one-process values under DDP).
+        probs = quantized.logits.float().softmax(dim=-1)  # (M, G, V)
+        prob_perplexity = perplexity_of_mean(
+            dist.global_mean(probs.sum(dim=0), torch.tensor(float(probs.shape[0]), device=probs.device))
+        )
+        diversity = codebook_diversity(prob_perplexity, self.quantizer.total_codes)
+        extra = self.diversity_weight * diversity
         logs = {
-            "loss_contrastive": contrastive.detach(),
+            "loss_contrastive": contrastive_sum.detach() / sample_size.clamp_min(1),
             "loss_diversity": diversity.detach(),
-            "prob_perplexity": quantized.prob_perplexity.detach(),
+            "prob_perplexity": prob_perplexity.detach(),
             "code_perplexity": quantized.code_perplexity,
             "gumbel_temperature": torch.tensor(temperature),
             "accuracy": wav2vec2_accuracy(logits, valid),
@@ -265,18 +272,18 @@ class Wav2Vec2(Method):
                     "feature LayerNorm (LocalFeatures.conv_features); this encoder does not give them. Set "
                     "method.feature_penalty_weight=0"
                 )
-            penalty = feature_penalty(conv, padding)
-            loss = loss + self.feature_penalty_weight * penalty
+            penalty = dist.global_mean(*feature_penalty_sums(conv, padding))
+            extra = extra + self.feature_penalty_weight * penalty
             logs["loss_feature_penalty"] = penalty.detach()
+        # fairseq's objective, Σ CE / n + α L_d + β L_f, with n the masked frames of the *global* batch:
+        # dividing by n_global / world makes DDP's gradient average equal it however frames fall on ranks.
+        loss = contrastive_sum / dist.per_process_share(sample_size) + extra
         self._check_collapse(quantized.code_perplexity, len(rows), step)
 
         # The online probe's features: the last hidden state pooled over valid *unmasked* frames of this
         # same pass (masked frames hold the mask embedding's predictions, not a representation of the
         # input); an utterance masked everywhere falls back to all its valid frames.
-        excluded = mask if padding is None else mask | padding
-        fallback = padding if padding is not None else torch.zeros_like(mask)
-        excluded = torch.where(excluded.all(dim=1, keepdim=True), fallback, excluded)
-        features = pool_hidden_state(hidden.detach(), excluded)
+        features = pool_unmasked(hidden.detach(), padding, mask)
         return MethodOutput(loss=loss, logs=logs, embeddings=features, features=features)
 
     def _check_collapse(self, code_perplexity: Tensor, frames: int, step: StepInfo) -> None:
