@@ -43,11 +43,13 @@ class PipelineResult:
     table: str = ""
 
 
-def _iteration_config(data: str, steps: int | None, overrides: Sequence[str], units_dir: Path, k: int) -> Any:
+def _iteration_config(
+    data: str, steps: int | None, overrides: Sequence[str], units_dir: Path, k: int, recipe: str | None
+) -> Any:
     from selfsup.api import make_config
 
     extra = [*overrides, f"method.targets={units_dir}", f"method.num_clusters={k}"]
-    return make_config(data=data, method="hubert", steps=steps, overrides=extra)
+    return make_config(recipe, data=data, method="hubert", steps=steps, overrides=extra)
 
 
 def _check_finished_matches(run_dir: Path, config: Any) -> None:
@@ -131,6 +133,7 @@ def run_hubert(
     steps: int | None = None,
     label_splits: Sequence[str] = (),
     overrides: Sequence[str] = (),
+    recipe: str | None = None,
     kmeans_fraction: float = 0.1,
     kmeans_max_frames: int = 200_000,
     kmeans_n_init: int = 3,
@@ -145,7 +148,8 @@ def run_hubert(
     layer 6 of iteration 1); ``layer``: the hidden state clustered for iterations ``n > 0`` (and the final
     codebook); ``steps``: optimizer steps per iteration; ``label_splits``: further sources labelled with each
     iteration's codebook; ``overrides``: ``key=value`` config overrides of every iteration's run (encoder,
-    batch size, masking, ...); the k-means options as :class:`~selfsup.units.KMeansOptions`; ``device``: where
+    batch size, masking, ...) on top of ``recipe`` (a YAML recipe: path or packaged name); the k-means
+    options as :class:`~selfsup.units.KMeansOptions`; ``device``: where
     features and k-means are computed (training uses ``train.device``). Returns the summary rows and table,
     also written to ``out/summary.json`` and ``out/summary.md``.
     """
@@ -168,7 +172,7 @@ def run_hubert(
     for n, k in enumerate(ks):
         run_dir = out / f"iter{n}"
         units_dir = run_dir / "units"
-        config = _iteration_config(data, steps, overrides, units_dir, k)
+        config = _iteration_config(data, steps, overrides, units_dir, k, recipe)
         options = KMeansOptions(
             num_clusters=k,
             fraction=kmeans_fraction,
@@ -256,6 +260,7 @@ def add_hubert_command(commands: Any) -> argparse.ArgumentParser:
         "--clusters", type=int, nargs="+", default=[100, 500], help="k per iteration (or one for all)"
     )
     p.add_argument("--steps", type=int, help="optimizer steps per iteration (default from the config)")
+    p.add_argument("--config", help="YAML recipe of every iteration's run (e.g. hubert_speech_cpu)")
     p.add_argument(
         "--label-splits",
         nargs="+",
@@ -292,6 +297,7 @@ def hubert_command(args: argparse.Namespace) -> int:
         steps=args.steps,
         label_splits=args.label_splits,
         overrides=args.overrides,
+        recipe=args.config,
         kmeans_fraction=args.kmeans_fraction,
         kmeans_max_frames=args.kmeans_max_frames,
         kmeans_n_init=args.kmeans_n_init,

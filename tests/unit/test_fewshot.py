@@ -29,7 +29,13 @@ def noisy() -> tuple[torch.Tensor, ...]:
 
 def test_label_counts_per_setting(noisy) -> None:
     x, y, x_test, y_test = noisy
-    result = few_label_eval(x, y, x_test, y_test, per_class=(1, 5), fractions=(0.1,), seeds=(0, 1))
+    # By default fewer than 50 labels per class use the fixed settings (a validation split of under 5 per
+    # class selects noise); with the threshold lowered to 5, a 5-per-class draw searches the grid.
+    default = few_label_eval(x, y, x_test, y_test, per_class=(1, 5), seeds=(0,))
+    assert [r.mode for r in default.results] == ["fixed", "fixed"]
+    result = few_label_eval(
+        x, y, x_test, y_test, per_class=(1, 5), fractions=(0.1,), seeds=(0, 1), grid_min_per_class=5
+    )
     assert [r.setting for r in result.results] == ["1 per class", "5 per class", "10%"]
     assert [r.labels_used for r in result.results] == [[5, 5], [25, 25], [20, 20]]
     assert [r.mode for r in result.results] == ["fixed", "grid", "fixed"]  # 10% of 40 = 4 per class < 5
@@ -88,7 +94,7 @@ def test_feature_set_dicts_and_errors(noisy) -> None:
     x, y, x_test, y_test = noisy
     sets = {"signal": x, "noise": torch.randn(len(x), 8)}
     test_sets = {"signal": x_test, "noise": torch.randn(len(x_test), 8)}
-    result = few_label_eval(sets, y, test_sets, y_test, per_class=(10,), seeds=(0,))
+    result = few_label_eval(sets, y, test_sets, y_test, per_class=(10,), seeds=(0,), grid_min_per_class=10)
     assert result.results[0].selected[0]["features"] in sets
     with pytest.raises(ValueError, match="too small to choose"):
         few_label_eval(sets, y, test_sets, y_test, per_class=(1,), seeds=(0,))
