@@ -31,12 +31,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine  # noqa: E402
+from throughput import machine
 
-from selfsup.api import load, pretrain  # noqa: E402
-from selfsup.eval.fewshot import few_label_eval  # noqa: E402
-from selfsup.eval.protocols import evaluate_layer, evaluate_linear, input_baselines  # noqa: E402
-from selfsup.eval.verification import evaluate_verification  # noqa: E402
+from selfsup.api import load, pretrain
+from selfsup.eval.fewshot import few_label_eval
+from selfsup.eval.protocols import evaluate_layer, evaluate_linear, input_baselines
+from selfsup.eval.verification import evaluate_verification
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -54,9 +54,10 @@ def fsdd(label: str, split: str) -> str:
     return f"{FSDD}?label={label}&split={split}"
 
 
-def pretrain_method(name: str, seed: int, out: Path, steps: int | None) -> tuple[Path, float]:
+def pretrain_method(name: str, seed: int, out: Path, steps: int | None, cache: str) -> tuple[Path, float]:
     """Pretrain ``name``'s recipe; HuBERT runs its two iterations end to end. (run dir, seconds)."""
     start = time.perf_counter()
+    overrides = [f"train.seed={seed}", f"data.cache_dir={cache}", "train.progress=false"]
     if name == "hubert":
         from selfsup.hubert_pipeline import run_hubert
 
@@ -67,12 +68,20 @@ def pretrain_method(name: str, seed: int, out: Path, steps: int | None) -> tuple
             layer=2,
             clusters=(100, 100),
             steps=steps,
-            overrides=["--config", RECIPES[name]] if False else [f"train.seed={seed}"],
-            config=RECIPES[name],
+            overrides=overrides,
+            recipe=RECIPES[name],
+            kmeans_seed=seed,
         )
-        run = Path(result.rows[-1]["run"]) if result.rows else out / "iter1"
-        return run, time.perf_counter() - start
-    pretrain(data=POOL, out=str(out), config=RECIPES[name], seed=seed, steps=steps, resume=(out / "checkpoints").exists())
+        print(result.table, flush=True)
+        return out / "iter1", time.perf_counter() - start
+    pretrain(
+        data=POOL,
+        out=str(out),
+        config=RECIPES[name],
+        steps=steps,
+        overrides=overrides,
+        resume=(out / "checkpoints").exists() and not (out / "encoder.safetensors").exists(),
+    )
     return out, time.perf_counter() - start
 
 
@@ -80,7 +89,9 @@ def few_label_rows(run: Path, layer: int | None) -> dict[str, Any]:
     """5 labels per digit, 5 draws: {features: (mean, std)} for the encoder and the baselines."""
     model = load(run)
     train, test = model.load_data(fsdd("digit", "train")), model.load_data(fsdd("digit", "test"))
-    stacked = {k: model.features(d, stack=True, progress=False) for k, d in (("train", train), ("test", test))}
+    stacked = {
+        k: model.features(d, stack=True, progress=False) for k, d in (("train", train), ("test", test))
+    }
     extractors = {"all layers averaged": (stacked["train"].mean(1), stacked["test"].mean(1))}
     if layer is not None:
         extractors[f"layer {layer} (chosen with all train labels)"] = (
@@ -94,8 +105,8 @@ def few_label_rows(run: Path, layer: int | None) -> dict[str, Any]:
     rows = {}
     for name, (a, b) in extractors.items():
         result = few_label_eval(a, train.labels, b, test.labels, per_class=(5,), seeds=(0, 1, 2, 3, 4))
-        top1 = result.settings[0].top1
-        rows[name] = (statistics.mean(top1), statistics.stdev(top1))
+        top1 = result.results[0].top1
+        rows[name] = [statistics.mean(top1), statistics.stdev(top1)]
     return rows
 
 
@@ -104,9 +115,11 @@ def evaluate_run(run: Path) -> dict[str, Any]:
     digits_record = json.loads((run / "eval" / "layer.json").read_text())
     speakers = evaluate_layer(run, fsdd("speaker", "train"), fsdd("speaker", "test"), baselines=True)
     speakers_record = json.loads((run / "eval" / "layer.json").read_text())
-    linear = evaluate_linear(run, fsdd("digit", "train"), fsdd("digit", "test"), layers=["all"])
+    every_layer = list(range(load(run).encoder.num_layers + 1))
+    linear = evaluate_linear(run, fsdd("digit", "train"), fsdd("digit", "test"), layers=every_layer)
     chosen = json.loads((run / "eval" / "linear.json").read_text()).get("selected", {}).get("features")
-    layer = int(str(chosen).split("layer")[-1].split("_")[0]) if chosen and "layer" in str(chosen) else None
+    # Feature sets are named "layer{L}/{pooling}".
+    layer = int(str(chosen).removeprefix("layer").split("/")[0]) if str(chosen).startswith("layer") else None
     verification = evaluate_verification(run, fsdd("speaker", "test"), train=fsdd("speaker", "train"))
     return {
         "digits_layer": digits,
@@ -117,7 +130,9 @@ def evaluate_run(run: Path) -> dict[str, Any]:
         "chosen_features": chosen,
         "few_label": few_label_rows(run, layer),
         "verification": verification,
-        "verification_baselines": json.loads((run / "eval" / "verification.json").read_text()).get("baselines"),
+        "verification_baselines": json.loads((run / "eval" / "verification.json").read_text()).get(
+            "baselines"
+        ),
     }
 
 
@@ -134,7 +149,11 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             out = Path(args.out) / f"{method}-seed{seed}"
-            run, seconds = pretrain_method(method, seed, out, args.steps)
+            done = out / ("iter1" if method == "hubert" else "") / "summary.json"
+            if done.exists():  # already pretrained: evaluate it again
+                run, seconds = done.parent, float(json.loads(done.read_text())["wall_seconds"])
+            else:
+                run, seconds = pretrain_method(method, seed, out, args.steps, str(Path(args.out) / "cache"))
             results[f"{method}/{seed}"] = {"run": str(run), "pretrain_seconds": seconds, **evaluate_run(run)}
             Path(args.out, "speech_ssl.json").write_text(json.dumps(results, indent=1, default=str))
             print(json.dumps(results[f"{method}/{seed}"], indent=1, default=str), flush=True)
@@ -142,8 +161,57 @@ def main() -> None:
         write_results(args, results)
 
 
+def _pct(metrics: dict[str, Any], key: str = "top1") -> str:
+    value = metrics.get(key) if isinstance(metrics, dict) else None
+    return "—" if value is None else f"{float(value):.1f}"
+
+
 def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    ...
+    """Append the tables to bench/RESULTS.md: per method the mean ± std over pretraining seeds."""
+    command = "python bench/speech_ssl.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"\n### Speech SSL on CPU: FSDD probes after pretraining on LJ + FSDD train — {date.today()}\n",
+        f"Machine: {machine()}. Command: `{command}`. Pretraining: each method's packaged recipe "
+        "(`selfsup list recipes`) on LJ Speech (385 clips) + FSDD's train split (2,700 clips), no labels; "
+        "FSDD's test split (300 clips) only for the scores. Baselines through the same heads: log-mel (80 "
+        "bins) and MFCC (13 + deltas) mean+std statistics, and the same encoder at random init.\n",
+        "| method (seed) | pretrain min | digits, layer probe | speakers, layer probe | "
+        "digits, 5 labels/class: all layers averaged | digits, 5/class: chosen layer | speaker EER (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    baselines: dict[str, Any] = {}
+    for key, r in results.items():
+        few = r["few_label"]
+        chosen = next((v for k, v in few.items() if k.startswith("layer")), None)
+        lines.append(
+            f"| {key} | {r['pretrain_seconds'] / 60:.1f} | {_pct(r['digits_layer'])} | "
+            f"{_pct(r['speakers_layer'])} | "
+            f"{few['all layers averaged'][0]:.1f} ± {few['all layers averaged'][1]:.1f} | "
+            + (f"{chosen[0]:.1f} ± {chosen[1]:.1f} ({r['chosen_features']})" if chosen else "—")
+            + f" | {_pct(r['verification'], 'eer')} |"
+        )
+        baselines = r
+    if baselines:
+        r = baselines
+        for name in ("log-mel", "mfcc", "random init"):
+            few_key = name if name != "random init" else "random init (all layers averaged)"
+            few = r["few_label"].get(few_key)
+            ver = (r.get("verification_baselines") or {}).get(name, {})
+            lines.append(
+                f"| baseline: {name} | — | {_pct(r['digits_baselines'].get(name, {}))} | "
+                f"{_pct(r['speakers_baselines'].get(name, {}))} | "
+                + (f"{few[0]:.1f} ± {few[1]:.1f}" if few else "—")
+                + f" | — | {_pct(ver, 'eer')} |"
+            )
+    lines.append(
+        "\nLayer probe: SUPERB's weighted sum of every hidden state + a linear head, settings on a "
+        "validation split of FSDD train. 5 labels/class: mean ± std over 5 label draws, fixed a-priori "
+        'settings (selfsup.eval.fewshot); "chosen layer" is the layer a linear probe with all FSDD-train '
+        "labels picked on its validation split (so that column uses more labels to choose the layer). "
+        "Speaker EER: cosine scores on all FSDD-test pairs, 6 speakers: it tests the mechanics only.\n"
+    )
+    with RESULTS.open("a", encoding="utf-8") as handle:  # appending a log: not a file the library writes
+        handle.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

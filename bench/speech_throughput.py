@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine  # noqa: E402
+from throughput import machine
 
-from selfsup.api import make_config  # noqa: E402
-from selfsup.build import build_encoder, build_method, build_policy, fit_transform, resolve_components  # noqa: E402
-from selfsup.data import load_dataset  # noqa: E402
-from selfsup.data.audio import AudioDataset, audio_info  # noqa: E402
-from selfsup.methods import StepInfo  # noqa: E402
-from selfsup.train.sampler import DurationSampler  # noqa: E402
+from selfsup.api import make_config
+from selfsup.build import build_encoder, build_method, build_policy, fit_transform, resolve_components
+from selfsup.data import load_dataset
+from selfsup.data.audio import AudioDataset, audio_info
+from selfsup.methods import StepInfo
+from selfsup.train.sampler import DurationSampler
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -199,7 +199,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--hf-batch", type=int, default=8)
-    parser.add_argument("--batch-seconds", type=float, help="selfsup's budget on real clips (default: 2x mean)")
+    parser.add_argument(
+        "--batch-seconds", type=float, help="selfsup's budget on real clips (default: 2x mean)"
+    )
     parser.add_argument("--max-clips", type=int, help="use only this many real clips (quick check)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
@@ -218,9 +220,10 @@ def main() -> None:
             for runner in runners:
                 rates[runner.name].append(measure(runner, args.steps, args.warmup, dtype))
         ours, hf = statistics.mean(rates["selfsup"]), statistics.mean(rates["transformers"])
+        mine, theirs = (", ".join(f"{r:.1f}" for r in rates[k]) for k in ("selfsup", "transformers"))
         line = (
-            f"| {workload} | {args.precision} | {ours:.1f} ({', '.join(f'{r:.1f}' for r in rates['selfsup'])}) "
-            f"| {hf:.1f} ({', '.join(f'{r:.1f}' for r in rates['transformers'])}) | {ours / hf:.2f}x | {text} |"
+            f"| {workload} | {args.precision} | {ours:.1f} ({mine}) | {hf:.1f} ({theirs}) "
+            f"| {ours / hf:.2f}x | {text} |"
         )
         print(line, flush=True)
         lines.append(line)
@@ -233,7 +236,8 @@ def main() -> None:
         f"{args.heads} heads; mask 0.65 / 10, 100 distractors, 2 x 320 codes; AdamW. "
         f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} alternating rounds. "
         f"Command: `{command}`\n",
-        "| workload | precision | selfsup audio s/s (rounds) | transformers audio s/s (rounds) | ratio | batches |",
+        "| workload | precision | selfsup audio s/s (rounds) | transformers audio s/s (rounds) | ratio "
+        "| batches |",
         "|---|---|---|---|---|---|",
         *lines,
     ]
