@@ -85,22 +85,30 @@ def pretrain_method(name: str, seed: int, out: Path, steps: int | None, cache: s
     return out, time.perf_counter() - start
 
 
+def _all_layers(features: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Every layer's pooled features averaged (their concatenation when the widths differ: ConvNets)."""
+    values = [features[k] for k in sorted(features)]
+    if len({v.shape[1] for v in values}) == 1:
+        return torch.stack(values).mean(0)
+    return torch.cat(values, dim=1)
+
+
 def few_label_rows(run: Path, layer: int | None) -> dict[str, Any]:
     """5 labels per digit, 5 draws: {features: (mean, std)} for the encoder and the baselines."""
     model = load(run)
     train, test = model.load_data(fsdd("digit", "train")), model.load_data(fsdd("digit", "test"))
-    stacked = {
-        k: model.features(d, stack=True, progress=False) for k, d in (("train", train), ("test", test))
-    }
-    extractors = {"all layers averaged": (stacked["train"].mean(1), stacked["test"].mean(1))}
+    layers = list(range(model.encoder.num_layers + 1))
+    splits = (("train", train), ("test", test))
+    per_layer = {k: model.features(d, layers=layers, progress=False) for k, d in splits}
+    extractors = {"all layers": (_all_layers(per_layer["train"]), _all_layers(per_layer["test"]))}
     if layer is not None:
         extractors[f"layer {layer} (chosen with all train labels)"] = (
-            stacked["train"][:, layer],
-            stacked["test"][:, layer],
+            per_layer["train"][layer],
+            per_layer["test"][layer],
         )
     random = model.random_init()
-    r_train, r_test = (random.features(d, stack=True, progress=False) for d in (train, test))
-    extractors["random init (all layers averaged)"] = (r_train.mean(1), r_test.mean(1))
+    r_train, r_test = (random.features(d, layers=layers, progress=False) for d in (train, test))
+    extractors["random init (all layers)"] = (_all_layers(r_train), _all_layers(r_test))
     extractors.update(input_baselines(model, train, test))
     rows = {}
     for name, (a, b) in extractors.items():
@@ -176,7 +184,7 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "FSDD's test split (300 clips) only for the scores. Baselines through the same heads: log-mel (80 "
         "bins) and MFCC (13 + deltas) mean+std statistics, and the same encoder at random init.\n",
         "| method (seed) | pretrain min | digits, layer probe | speakers, layer probe | "
-        "digits, 5 labels/class: all layers averaged | digits, 5/class: chosen layer | speaker EER (%) |",
+        "digits, 5 labels/class: all layers | digits, 5/class: chosen layer | speaker EER (%) |",
         "|---|---|---|---|---|---|---|",
     ]
     baselines: dict[str, Any] = {}
@@ -186,7 +194,7 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
         lines.append(
             f"| {key} | {r['pretrain_seconds'] / 60:.1f} | {_pct(r['digits_layer'])} | "
             f"{_pct(r['speakers_layer'])} | "
-            f"{few['all layers averaged'][0]:.1f} ± {few['all layers averaged'][1]:.1f} | "
+            f"{few['all layers'][0]:.1f} ± {few['all layers'][1]:.1f} | "
             + (f"{chosen[0]:.1f} ± {chosen[1]:.1f} ({r['chosen_features']})" if chosen else "—")
             + f" | {_pct(r['verification'], 'eer')} |"
         )
@@ -194,7 +202,7 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if baselines:
         r = baselines
         for name in ("log-mel", "mfcc", "random init"):
-            few_key = name if name != "random init" else "random init (all layers averaged)"
+            few_key = name if name != "random init" else "random init (all layers)"
             few = r["few_label"].get(few_key)
             ver = (r.get("verification_baselines") or {}).get(name, {})
             lines.append(

@@ -59,6 +59,7 @@ def resolve_components(config: Config, info: DataInfo) -> Config:
     against the data: every component must exist, take its options and fit the modality."""
     modality = get_modality(info.modality)
     resolved = from_dict(to_dict(config))
+    _apply_modality_defaults(resolved, modality.config_defaults)
     if resolved.method.name is None:
         resolved.method.name = modality.default_method
     if resolved.encoder.name is None:
@@ -81,6 +82,15 @@ def resolve_components(config: Config, info: DataInfo) -> Config:
             f"samples; choose one of: {choices}"
         )
     return resolved
+
+
+def _apply_modality_defaults(config: Config, defaults: dict[str, Any]) -> None:
+    """Set each ``section.key`` of ``defaults`` that ``config`` still holds at the library-wide default."""
+    pristine = Config()
+    for dotted, value in defaults.items():
+        section, key = dotted.split(".")
+        if getattr(getattr(config, section), key) == getattr(getattr(pristine, section), key):
+            setattr(getattr(config, section), key, value)
 
 
 def fit_transform(config: Config, dataset: Dataset) -> InputTransform:

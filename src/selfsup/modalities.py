@@ -9,7 +9,7 @@ checkpoints and the evaluators do not change (docs/ARCHITECTURE.md, "Adding a mo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfsup.augment.audio_transform import AudioTransform
@@ -34,6 +34,7 @@ class Modality:
     default_method: str
     fit_transform: Callable[[Dataset, Config], InputTransform]
     transform_from_dict: Callable[[dict[str, Any]], InputTransform]
+    config_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -122,6 +123,18 @@ register_modality(
         default_method="wav2vec2",
         fit_transform=_audio_transform,
         transform_from_dict=AudioTransform.from_dict,
+        # Count batches of 256 clips of up to 15 s would not fit in memory, and LARS at 0.3 x 256/256 is an
+        # image-classification setting: wav2vec 2.0's own (fairseq Base) optimizer, 16 s batches.
+        config_defaults={
+            "data.batch_seconds": 16.0,
+            "train.batch_size": 8,
+            "optim.name": "adamw",
+            "optim.lr": 5e-4,
+            "optim.lr_scaling": "none",
+            "optim.betas": (0.9, 0.98),
+            "optim.weight_decay": 0.01,
+            "optim.clip_grad": 10.0,
+        },
     )
 )
 
