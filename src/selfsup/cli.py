@@ -458,12 +458,16 @@ def _add_output_commands(commands: Any) -> None:
 
 
 def _add_speech_commands(commands: Any) -> None:
-    """``selfsup hubert`` (the HuBERT iterations end to end) and ``tokenize`` (discrete units)."""
+    """``selfsup hubert`` (the HuBERT iterations end to end), ``tokenize`` (discrete units) and
+    ``import-hf`` (a transformers speech checkpoint as a run)."""
     from selfsup.hubert_pipeline import add_hubert_command
     from selfsup.units import add_tokenize_command
 
     add_hubert_command(commands)
     add_tokenize_command(commands)
+    from selfsup.interop.run_import import add_import_command
+
+    add_import_command(commands)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
