@@ -231,12 +231,12 @@ def few_label_eval(
 
 __all__ = [
     "FEWSHOT_EPOCHS",
-    "FIXED_EPOCHS",
-    "GRID_MIN_PER_CLASS",
     "FEWSHOT_LEARNING_RATES",
     "FEWSHOT_WEIGHT_DECAYS",
+    "FIXED_EPOCHS",
     "FIXED_LR_SCALE",
     "FIXED_WEIGHT_DECAY",
+    "GRID_MIN_PER_CLASS",
     "FewShotResult",
     "SettingResult",
     "few_label_eval",
