@@ -153,11 +153,14 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results: dict[str, Any] = {}
+    saved = Path(args.out) / "speech_ssl.json"  # runs measured by an earlier invocation are kept
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for method in args.methods:
         for seed in args.seeds:
             out = Path(args.out) / f"{method}-seed{seed}"
             done = out / ("iter1" if method == "hubert" else "") / "summary.json"
+            if done.exists() and f"{method}/{seed}" in results:
+                continue
             if done.exists():  # already pretrained: evaluate it again
                 run, seconds = done.parent, float(json.loads(done.read_text())["wall_seconds"])
             else:
