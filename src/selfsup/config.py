@@ -59,7 +59,8 @@ class DataConfig:
     and data2vec use it, wav2vec 2.0 / HuBERT Base do not)."""
     batch_seconds: float | None = None
     """Audio: size batches by total padded duration (longest clip x clips <= this many seconds, in
-    length buckets) instead of train.batch_size clips; each micro-batch of each process gets one."""
+    length buckets) instead of train.batch_size clips; each micro-batch of each process gets one.
+    null: the modality's choice (audio: 16 s); 0: batches of train.batch_size clips."""
     strict: bool = False
     """Raise on the first unreadable input instead of skipping and counting it."""
     cache_dir: str | None = None
@@ -495,8 +496,8 @@ def _validate_new_keys(config: Config) -> None:
         raise ConfigError(f"data.sample_rate must be at least 1 (samples per second), got {d.sample_rate}")
     if not d.min_seconds >= 0:
         raise ConfigError(f"data.min_seconds must be >= 0, got {d.min_seconds}")
-    if d.batch_seconds is not None and not d.batch_seconds > 0:
-        raise ConfigError(f"data.batch_seconds must be > 0 (or null: count batches), got {d.batch_seconds}")
+    if d.batch_seconds is not None and not d.batch_seconds >= 0:
+        raise ConfigError(f"data.batch_seconds must be >= 0 (0: count batches; null), got {d.batch_seconds}")
     if t.val_fraction is not None and not 0.0 < t.val_fraction < 1.0:
         raise ConfigError(f"train.val_fraction must be in (0, 1) (or null), got {t.val_fraction}")
     if config.eval.online_probe not in (True, False, "auto"):

@@ -23,6 +23,8 @@ def test_what_the_user_sets_wins() -> None:
     config = resolve_components(make_config(overrides=["optim.lr=0.002", "data.batch_seconds=4"]), AUDIO)
     assert config.optim.lr == 0.002 and config.data.batch_seconds == 4
     assert config.optim.name == "adamw"  # the rest still comes from the modality
+    counted = resolve_components(make_config(overrides=["data.batch_seconds=0"]), AUDIO)
+    assert counted.data.batch_seconds == 0  # 0: batches of train.batch_size clips
 
 
 def test_other_modalities_keep_the_library_defaults() -> None:

@@ -276,7 +276,7 @@ def _build_sampler(config: Config, dataset: Dataset) -> StepSampler | DurationSa
     if train.steps <= 0:
         return None
     seconds = config.data.batch_seconds
-    if seconds is not None:
+    if seconds:  # None or 0: batches of train.batch_size samples
         lengths, rate = clip_lengths(dataset), dataset.info.sample_rate
         if lengths is None or not rate:
             modality = dataset.info.modality
