@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from selfsup.errors import ConfigError
 from selfsup.registry import Registry
 
 
@@ -172,6 +173,16 @@ def missing_capabilities(encoder: Encoder, needs: tuple[str, ...]) -> list[str]:
         elif getattr(encoder, need, None) is None:
             missing.append(need)
     return missing
+
+
+def require_capabilities(owner: str, encoder: Encoder, needs: tuple[str, ...]) -> None:
+    """A ConfigError naming what ``encoder`` lacks of the capabilities ``owner`` (a method) needs."""
+    missing = missing_capabilities(encoder, needs)
+    if missing:
+        raise ConfigError(
+            f"{owner} needs an encoder with {', '.join(missing)}; {type(encoder).__name__} has none "
+            "(the 'wav2vec2' encoder has them all)"
+        )
 
 
 def padding_mask_from_lengths(lengths: Tensor, max_length: int) -> Tensor:

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import dist
-from selfsup.encoders.base import Encoder, EncoderOutput, pool_unmasked
+from selfsup.encoders.base import Encoder, EncoderOutput, pool_unmasked, require_capabilities
 from selfsup.errors import ConfigError, SelfsupError
 from selfsup.losses.data2vec import data2vec_regression, data2vec_targets, mean_std_from_moments
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -96,7 +96,11 @@ def ema_decay_at(updates: int, start: float, end: float, anneal_end_step: int) -
     return end - (end - start) * (1.0 - updates / anneal_end_step)
 
 
-@METHODS.register("data2vec", needs=("mask:replace",))
+# data2vec masks tokens by replacing them with the encoder's mask embedding.
+NEEDS = ("mask:replace",)
+
+
+@METHODS.register("data2vec", needs=NEEDS)
 class Data2Vec(Method):
     """data2vec (Baevski et al. 2022), one implementation for every modality; defaults: audio Base.
 
@@ -140,12 +144,7 @@ class Data2Vec(Method):
         var_check_after: int = 5000,
     ) -> None:
         super().__init__(encoder)
-        mode = getattr(encoder, "mask_mode", "none")
-        if mode != "replace":
-            raise ConfigError(
-                f"data2vec needs an encoder that replaces masked tokens by a mask embedding "
-                f"(mask_mode 'replace'); {type(encoder).__name__} has mask_mode {mode!r}"
-            )
+        require_capabilities("data2vec", encoder, NEEDS)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"method.top_k must be a positive integer (layers averaged), got {top_k!r}")
         self._split = hasattr(encoder, "local_features") and hasattr(encoder, "contextualize")

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.augment.base import InputTransform
 from selfsup.data.base import Dataset
-from selfsup.encoders.base import Encoder, pool_unmasked
+from selfsup.encoders.base import Encoder, pool_unmasked, require_capabilities
 from selfsup.errors import ConfigError, DataError
 from selfsup.losses.wav2vec2 import feature_penalty_sums
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -93,6 +93,10 @@ def align_targets(
 # ------------------------------------------------------------------------------ the method
 
 
+# The encoder capabilities HuBERT uses (checked by the builder and by the model's constructor).
+NEEDS = ("local_features", "contextualize", "mask:replace")
+
+
 class HuBERT(Method):
     """HuBERT masked prediction around a ``wav2vec2``-style encoder (``local_features`` / ``contextualize``).
 
@@ -126,11 +130,7 @@ class HuBERT(Method):
         label_tolerance: int = 2,
     ) -> None:
         super().__init__(encoder)
-        if not (hasattr(encoder, "local_features") and hasattr(encoder, "contextualize")):
-            raise ConfigError(
-                f"hubert needs a wav2vec2-style encoder (local_features / contextualize), not "
-                f"{type(encoder).__name__}; use encoder=wav2vec2"
-            )
+        require_capabilities("hubert", encoder, NEEDS)
         check_label_rate(label_rate, encoder)
         if pred_masked_weight < 0 or pred_nomask_weight < 0 or pred_masked_weight + pred_nomask_weight <= 0:
             raise ValueError("pred_masked_weight and pred_nomask_weight must be >= 0, not both 0")
@@ -336,7 +336,7 @@ def _resolve_targets(
     return load_units(directory)
 
 
-@METHODS.register("hubert", needs=("local_features", "contextualize", "mask:replace"))
+@METHODS.register("hubert", needs=NEEDS)
 def hubert(
     encoder: Encoder,
     *,

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import dist
-from selfsup.encoders.base import Encoder, pool_unmasked
+from selfsup.encoders.base import Encoder, pool_unmasked, require_capabilities
 from selfsup.losses.wav2vec2 import (
     codebook_diversity,
     feature_penalty_sums,
@@ -77,7 +77,11 @@ def pad_rows(values: Tensor, rows: Tensor, ranks: Tensor, batch: int, width: int
     return out.index_put((rows, ranks), values)
 
 
-@METHODS.register("wav2vec2", needs=("local_features", "contextualize", "mask:replace"))
+# The encoder capabilities wav2vec 2.0 uses (checked by the builder and by the constructor).
+NEEDS = ("local_features", "contextualize", "mask:replace")
+
+
+@METHODS.register("wav2vec2", needs=NEEDS)
 class Wav2Vec2(Method):
     """wav2vec 2.0 (Baevski et al. 2020) with fairseq's Base pretraining settings as defaults.
 
@@ -128,14 +132,7 @@ class Wav2Vec2(Method):
         collapse_after: int = 200,
     ) -> None:
         super().__init__(encoder)
-        for name in ("local_features", "contextualize"):
-            if not callable(getattr(encoder, name, None)):
-                raise ValueError(
-                    f"wav2vec2 needs an encoder with {name}() (the conv/Transformer halves), such as the "
-                    f"'wav2vec2' encoder; {type(encoder).__name__} has none"
-                )
-        if getattr(encoder, "mask_mode", "none") != "replace":
-            raise ValueError(f"wav2vec2 needs an encoder with mask_mode 'replace', got {encoder.mask_mode!r}")
+        require_capabilities("wav2vec2", encoder, NEEDS)
         for name, value in (("final_dim", final_dim), ("num_negatives", num_negatives)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
