@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_data import SMALL_ENCODER
 
 from selfsup.api import make_config
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.loop import pretrain_run
 
+# The contract tests' small encoder with its default dropouts on: resume must restore the RNG states too.
+DROPOUTS = ("dropout", "attention_dropout", "feature_dropout")
 ENCODER = [
     "encoder=wav2vec2",
-    "encoder.num_layers=2",
-    "encoder.embed_dim=32",
-    "encoder.num_heads=2",
-    "encoder.ffn_dim=64",
-    "encoder.conv_dim=32",
-    "encoder.pos_conv_kernel=16",
-    "encoder.pos_conv_groups=4",
+    *(f"encoder.{k}={v}" for k, v in SMALL_ENCODER["wav2vec2"].items() if k not in DROPOUTS),
 ]
 METHOD = {
     "wav2vec2": ["method.final_dim=16", "method.num_codes=8", "method.num_negatives=5"],
