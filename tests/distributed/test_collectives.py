@@ -381,3 +381,52 @@ def _copy(module: nn.Module) -> nn.Module:
     clone = type(module)(module.num_features, momentum=module.momentum)
     clone.load_state_dict(module.state_dict())
     return clone
+
+
+# ---------------------------------------------------------------- MaskedBatchNorm2d (BYOL-A's CNN)
+
+
+def _masked_bn_run(x: np.ndarray, keep: np.ndarray, upstream: np.ndarray, scale: float) -> dict:
+    from selfsup.encoders.audio_cnn import MaskedBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = MaskedBatchNorm2d(3, momentum=0.2)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    inputs = torch.tensor(x, requires_grad=True)
+    y = bn(inputs, torch.tensor(keep))
+    (scale * (y * torch.tensor(upstream)).sum()).backward()
+    return {
+        "y": y.detach().numpy(),
+        "input_grad": inputs.grad.numpy(),
+        "weight_grad": bn.weight.grad.numpy(),
+        "bias_grad": bn.bias.grad.numpy(),
+        "running_mean": bn.running_mean.numpy(),
+        "running_var": bn.running_var.numpy(),
+    }
+
+
+def _masked_bn_worker(rank: int, world: int, x: np.ndarray, keep: np.ndarray, upstream: np.ndarray) -> dict:
+    rows = slice(0, 2) if rank == 0 else slice(2, 5)  # uneven shards, differently padded
+    return _masked_bn_run(x[rows], keep[rows], upstream[rows], scale=1.0)
+
+
+def test_masked_batchnorm_two_ranks_equal_one_process_on_the_global_batch() -> None:
+    rng = _rng(5)
+    x = (rng.standard_normal((5, 3, 4, 6)) * 2 + 3).astype(np.float32)
+    keep = np.arange(6)[None, :] < np.array([6, 2, 4, 1, 5])[:, None]
+    upstream = rng.standard_normal((5, 3, 4, 6)).astype(np.float32)
+    results = run_in_processes(_masked_bn_worker, WORLD, x, keep, upstream)
+    reference = _masked_bn_run(x, keep, upstream, scale=1.0 / WORLD)
+    np.testing.assert_allclose(
+        np.concatenate([r["y"] for r in results]), reference["y"], rtol=1e-5, atol=1e-5
+    )
+    grad = np.concatenate([r["input_grad"] for r in results]) / WORLD
+    np.testing.assert_allclose(grad, reference["input_grad"], rtol=1e-4, atol=1e-6)
+    for key in ("weight_grad", "bias_grad"):
+        ddp_mean = np.mean([r[key] for r in results], axis=0)
+        np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=1e-5)
+    for r in results:
+        np.testing.assert_allclose(r["running_mean"], reference["running_mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r["running_var"], reference["running_var"], rtol=1e-5, atol=1e-6)

@@ -133,6 +133,40 @@ def test_masked_batchnorm_equals_batchnorm_on_the_valid_frames() -> None:
     torch.testing.assert_close(ours2.running_var, ref2.running_var)
 
 
+def _masked_batchnorm_by_autograd(
+    x: Tensor, keep: Tensor, weight: Tensor, bias: Tensor, eps: float
+) -> Tensor:
+    """The masked batch norm written as plain autograd ops: the reference for the fused backward."""
+    w = keep.to(x.dtype).view(x.shape[0], 1, 1, x.shape[3])
+    count = w.sum() * x.shape[2]
+    mean = (x * w).sum(dim=(0, 2, 3)) / count
+    var = ((x - mean.view(1, -1, 1, 1)).square() * w).sum(dim=(0, 2, 3)) / count
+    scale = (weight * torch.rsqrt(var + eps)).view(1, -1, 1, 1)
+    return (x - mean.view(1, -1, 1, 1)) * scale + bias.view(1, -1, 1, 1)
+
+
+def test_masked_batchnorm_gradients_equal_autograd_of_its_definition() -> None:
+    torch.manual_seed(2)
+    bn = MaskedBatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    # A large common offset: the variance must not cancel catastrophically.
+    x = (torch.randn(4, 3, 5, 7, dtype=torch.float64) * 2 + 1000).float().requires_grad_()
+    keep = torch.arange(7).unsqueeze(0) < torch.tensor([7, 3, 5, 1]).unsqueeze(1)
+    upstream = torch.randn(4, 3, 5, 7)  # padded positions get a gradient too
+    (bn(x, keep) * upstream).sum().backward()
+    x_ref = x.detach().double().requires_grad_()
+    weight, bias = (p.detach().double().requires_grad_() for p in (bn.weight, bn.bias))
+    y_ref = _masked_batchnorm_by_autograd(x_ref, keep, weight, bias, bn.eps)
+    (y_ref * upstream.double()).sum().backward()
+    torch.testing.assert_close(bn(x, keep).double(), y_ref, rtol=1e-4, atol=1e-4)
+    # fp32 inputs near 1000 carry ~6e-5 absolute error: the tolerance the fp64 reference allows.
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.weight.grad.double(), weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.bias.grad.double(), bias.grad, rtol=1e-5, atol=1e-5)
+
+
 @dataclass(frozen=True)
 class _StandInTransform:
     sample_rate: float = 16000.0

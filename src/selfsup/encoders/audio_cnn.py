@@ -28,10 +28,12 @@ block's flattened map averaged over its ``8 / 2^i`` frames per output frame, the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, einsum, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from selfsup import dist
@@ -46,15 +48,88 @@ DOWNSAMPLE = 2**NUM_BLOCKS
 _EPS32 = float(torch.finfo(torch.float32).eps)
 
 
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """Batch norm of ``x (B, C, H, W)`` over the positions with ``weight (B, W) = 1`` (0: padding).
+
+    One fused forward and backward instead of autograd's chain of element-wise ops (BYOL-A's first
+    block normalizes ``128 x 64 x 64 x 96`` activations: the element-wise passes, not the
+    convolutions, set the step time). The backward is batch norm's, restricted to the valid
+    positions: for valid ``x``, ``dx = γ·rstd·(g − Σg/n − x̂·Σ(g·x̂)/n)`` (``n`` valid positions; the
+    sums over every output, since padded outputs are normalized with the same statistics); a padded
+    ``x`` does not enter the statistics, so ``dx = γ·rstd·g`` there. When
+    ``synchronize``, the three sums of the forward and the two of the backward are all-reduced: the
+    statistics and their gradients are the global batch's (as :class:`selfsup.sync_batchnorm.SyncBatchNorm`).
+    Returns ``(y, mean, biased var, count)``; only ``y`` carries a gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        gamma: Tensor | None,
+        beta: Tensor | None,
+        eps: float,
+        synchronize: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # The count in float64: fp32 stops counting exactly at 2^24 positions.
+        packed = torch.cat(
+            [(weight.sum(dtype=torch.float64) * x.shape[2]).view(1), einsum("bchw,bw->c", x, weight).double()]
+        )
+        if synchronize:
+            tdist.all_reduce(packed)
+        count = packed[0]
+        n = count.clamp_min(1.0).float()
+        mean = (packed[1:] / packed[0].clamp_min(1.0)).float()
+        centered = x - mean.view(1, -1, 1, 1)
+        squares = einsum("bchw,bw->c", centered.square(), weight)
+        if synchronize:
+            tdist.all_reduce(squares)
+        var = squares / n
+        rstd = torch.rsqrt(var + eps)
+        normalized = centered.mul_(rstd.view(1, -1, 1, 1))
+        if gamma is None:
+            out = normalized.clone() if beta is None else normalized + beta.view(1, -1, 1, 1)
+        else:
+            shift = torch.zeros_like(gamma) if beta is None else beta
+            out = torch.addcmul(shift.view(1, -1, 1, 1), normalized, gamma.view(1, -1, 1, 1))
+        ctx.save_for_backward(normalized, weight, rstd, gamma, n)
+        ctx.synchronize = synchronize
+        ctx.has_beta = beta is not None
+        ctx.mark_non_differentiable(mean, var, count)
+        return out, mean, var, count
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        normalized, weight, rstd, gamma, n = ctx.saved_tensors
+        grad = grad.contiguous()
+        # Every output, padded or not, depends on the statistics: the sums run over all positions.
+        sums = torch.stack([grad.sum(dim=(0, 2, 3)), (grad * normalized).sum(dim=(0, 2, 3))])
+        grad_beta = sums[0].clone() if ctx.has_beta else None
+        grad_gamma = sums[1].clone() if gamma is not None else None
+        if ctx.synchronize:
+            tdist.all_reduce(sums)
+        mean_grad, mean_product = (sums / n).unbind(0)
+        scale = rstd if gamma is None else rstd * gamma
+        # dx = scale·g − scale·w·(mean(g) + x̂·mean(g·x̂))
+        correction = torch.addcmul(mean_grad.view(1, -1, 1, 1), normalized, mean_product.view(1, -1, 1, 1))
+        correction.mul_(weight.view(weight.shape[0], 1, 1, -1))
+        grad_input = torch.addcmul(
+            grad * scale.view(1, -1, 1, 1), correction, scale.view(1, -1, 1, 1), value=-1.0
+        )
+        return grad_input, None, grad_gamma, grad_beta, None, None
+
+
 class MaskedBatchNorm2d(_BatchNorm):
     """``BatchNorm2d`` whose training statistics exclude padded time frames.
 
     ``forward(x (B, C, H, W), keep (B, W) bool | None)``: in training mode the per-channel mean and
-    biased variance are over the ``(b, h, w)`` with ``keep[b, w]`` (all positions when None), combined
-    over processes with a gradient-carrying all-reduce when distributed (as
-    :class:`selfsup.sync_batchnorm.SyncBatchNorm`); running statistics get the unbiased variance, with
-    ``momentum`` and ``num_batches_tracked`` as ``nn.BatchNorm2d``. Eval uses the running statistics.
-    Same parameters, buffers and ``state_dict`` keys as ``nn.BatchNorm2d``; without padding it equals it.
+    biased variance are over the ``(b, h, w)`` with ``keep[b, w]`` (all positions when None), in fp32,
+    combined over processes when distributed with gradients through the global statistics (as
+    :class:`selfsup.sync_batchnorm.SyncBatchNorm`; one fused forward and backward,
+    :class:`_MaskedBatchNormFn`); running statistics get the unbiased variance, with ``momentum`` and
+    ``num_batches_tracked`` as ``nn.BatchNorm2d``. Eval uses the running statistics. Same parameters,
+    buffers and ``state_dict`` keys as ``nn.BatchNorm2d``; without padding it equals it.
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -68,35 +143,20 @@ class MaskedBatchNorm2d(_BatchNorm):
                 input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         x = input.float()
-        if keep is None:
-            weight = torch.ones(x.shape[0], 1, 1, x.shape[3], device=x.device)
-        else:
-            weight = keep.to(x.dtype).view(x.shape[0], 1, 1, x.shape[3])
-        count = weight.sum() * x.shape[2]
-        mean = (x * weight).sum(dim=(0, 2, 3)) / count.clamp_min(1.0)
-        var = ((x - mean.view(1, -1, 1, 1)).square() * weight).sum(dim=(0, 2, 3)) / count.clamp_min(1.0)
-        total: Tensor = count.detach()
-        if dist.world_size() > 1:
-            c = count.double().expand_as(mean)
-            packed = torch.stack([c, c * mean.double(), c * (var.double() + mean.double().square())])
-            total, total_sum, total_squares = dist.all_reduce_sum_with_grad(packed).unbind(0)
-            mean = (total_sum / total.clamp_min(1.0)).float()
-            var = (total_squares / total.clamp_min(1.0) - mean.double().square()).clamp_min(0.0).float()
-            total = total[0].detach()
-        if self.training and self.track_running_stats and self.running_mean is not None:
+        weight = x.new_ones(x.shape[0], x.shape[3]) if keep is None else keep.to(x.dtype)
+        gamma = None if self.weight is None else self.weight.float()
+        beta = None if self.bias is None else self.bias.float()
+        out, mean, var, count = _MaskedBatchNormFn.apply(
+            x, weight, gamma, beta, self.eps, dist.world_size() > 1
+        )
+        if self.track_running_stats and self.running_mean is not None:
             assert self.num_batches_tracked is not None and self.running_var is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                unbiased = var * (total / (total - 1).clamp_min(1.0))
+                unbiased = var * (count / (count - 1).clamp_min(1.0)).float()
                 self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.float()
-        out = (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
-        if self.bias is not None:
-            out = out + self.bias.float().view(1, -1, 1, 1)
         return out.to(input.dtype)
 
 
