@@ -177,20 +177,95 @@ def _pct(metrics: dict[str, Any], key: str = "top1") -> str:
     return "—" if value is None else f"{float(value):.1f}"
 
 
+# The encoder each recipe trains: its random-init baseline row is that encoder's.
+ENCODERS = {"wav2vec2": "wav2vec2", "hubert": "wav2vec2", "data2vec": "wav2vec2", "byol_a": "byol_a_cnn"}
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _row(r: dict[str, Any]) -> list[float | None]:
+    """The table's numbers for one run: minutes, digits, speakers, 5/class all layers and chosen, EER."""
+    few = r["few_label"]
+    chosen = next((v for k, v in few.items() if k.startswith("layer")), None)
+
+    def number(metrics: Any, key: str = "top1") -> float | None:
+        value = metrics.get(key) if isinstance(metrics, dict) else None
+        return None if value is None else float(value)
+
+    return [
+        r["pretrain_seconds"] / 60,
+        number(r["digits_layer"]),
+        number(r["speakers_layer"]),
+        few["all layers"][0],
+        chosen[0] if chosen else None,
+        number(r["verification"], "eer"),
+    ]
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    """Per method: mean ± std over pretraining seeds of each column (the 5/class columns: of the
+    per-seed means over 5 label draws)."""
+    lines = []
+    methods = sorted({key.split("/")[0] for key in results})
+    for method in methods:
+        runs = [r for key, r in results.items() if key.split("/")[0] == method]
+        columns = list(zip(*(_row(r) for r in runs), strict=True))
+        cells = [
+            "—" if any(v is None for v in col) else _mean_std([float(v) for v in col]) for col in columns
+        ]
+        lines.append(
+            f"| {method} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def _baseline_lines(results: dict[str, Any]) -> list[str]:
+    """Input baselines (log-mel, MFCC: the same in every run) and each encoder at random init."""
+    lines = []
+    by_encoder: dict[str, dict[str, Any]] = {}
+    for key, r in results.items():
+        by_encoder.setdefault(ENCODERS.get(key.split("/")[0], key), r)
+    if not by_encoder:
+        return lines
+    first = next(iter(by_encoder.values()))
+    rows = [("log-mel", "log-mel", "log-mel", first), ("mfcc", "mfcc", "mfcc", first)]
+    rows += [
+        (f"random init ({encoder})", "random init", "random init (all layers)", r)
+        for encoder, r in sorted(by_encoder.items())
+    ]
+    for label, name, few_key, r in rows:
+        few = r["few_label"].get(few_key)
+        ver = (r.get("verification_baselines") or {}).get(name, {})
+        lines.append(
+            f"| baseline: {label} | — | {_pct(r['digits_baselines'].get(name, {}))} | "
+            f"{_pct(r['speakers_baselines'].get(name, {}))} | "
+            + (f"{few[0]:.1f} ± {few[1]:.1f}" if few else "—")
+            + f" | — | {_pct(ver, 'eer')} |"
+        )
+    return lines
+
+
 def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Append the tables to bench/RESULTS.md: per method the mean ± std over pretraining seeds."""
+    """Append the tables to bench/RESULTS.md: every run, then per method the mean ± std over
+    pretraining seeds, then the baselines (each encoder's random init)."""
     command = "python bench/speech_ssl.py " + " ".join(sys.argv[1:])
+    header = (
+        "| {} | pretrain min | digits, layer probe | speakers, layer probe | "
+        "digits, 5 labels/class: all layers | digits, 5/class: chosen layer | speaker EER (%) |"
+    )
     lines = [
         f"\n### Speech SSL on CPU: FSDD probes after pretraining on LJ + FSDD train — {date.today()}\n",
         f"Machine: {machine()}. Command: `{command}`. Pretraining: each method's packaged recipe "
         "(`selfsup list recipes`) on LJ Speech (385 clips) + FSDD's train split (2,700 clips), no labels; "
         "FSDD's test split (300 clips) only for the scores. Baselines through the same heads: log-mel (80 "
-        "bins) and MFCC (13 + deltas) mean+std statistics, and the same encoder at random init.\n",
-        "| method (seed) | pretrain min | digits, layer probe | speakers, layer probe | "
-        "digits, 5 labels/class: all layers | digits, 5/class: chosen layer | speaker EER (%) |",
+        "bins) and MFCC (13 + deltas) mean+std statistics, and each encoder at random init.\n",
+        header.format("run (method/seed)"),
         "|---|---|---|---|---|---|---|",
     ]
-    baselines: dict[str, Any] = {}
     for key, r in results.items():
         few = r["few_label"]
         chosen = next((v for k, v in few.items() if k.startswith("layer")), None)
@@ -201,19 +276,12 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
             + (f"{chosen[0]:.1f} ± {chosen[1]:.1f} ({r['chosen_features']})" if chosen else "—")
             + f" | {_pct(r['verification'], 'eer')} |"
         )
-        baselines = r
-    if baselines:
-        r = baselines
-        for name in ("log-mel", "mfcc", "random init"):
-            few_key = name if name != "random init" else "random init (all layers)"
-            few = r["few_label"].get(few_key)
-            ver = (r.get("verification_baselines") or {}).get(name, {})
-            lines.append(
-                f"| baseline: {name} | — | {_pct(r['digits_baselines'].get(name, {}))} | "
-                f"{_pct(r['speakers_baselines'].get(name, {}))} | "
-                + (f"{few[0]:.1f} ± {few[1]:.1f}" if few else "—")
-                + f" | — | {_pct(ver, 'eer')} |"
-            )
+    lines.append(
+        "\nPer method, mean ± std over pretraining seeds (5/class columns: of each seed's mean over its 5 "
+        "label draws):\n"
+    )
+    lines += [header.format("method (seeds)"), "|---|---|---|---|---|---|---|", *_summary_lines(results)]
+    lines += _baseline_lines(results)
     lines.append(
         "\nLayer probe: SUPERB's weighted sum of every hidden state + a linear head, settings on a "
         "validation split of FSDD train. 5 labels/class: mean ± std over 5 label draws, fixed a-priori "

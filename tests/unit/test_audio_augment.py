@@ -226,6 +226,7 @@ def test_speech_mask_policy_crops_masks_in_encoder_frames_and_is_deterministic()
     policy = VIEW_POLICIES.create(
         "speech_mask", info=INFO, transform=_transform(), encoder=encoder, max_seconds=1.0
     )
+    assert policy.crop_samples == 16000  # what duration batches are budgeted on
     batch = _batch([40000, 16000, 9000])
     views = policy(batch, _gen(5))
     wave, pad, mask, starts = views.inputs[0], views.padding_mask(0), views.mask(0), views.crop_start(0)
@@ -278,6 +279,7 @@ def test_byol_a_policy_views_are_log_mel_with_frame_padding() -> None:
 
     encoder = byol_a_cnn(INFO, embed_dim=32, channels=4)
     policy = VIEW_POLICIES.create("byol_a", info=INFO, transform=_transform(), encoder=encoder)
+    assert policy.crop_samples == 15200
     batch = _batch([20000, 15200, 8000])
     views = policy(batch, _gen(9))
     assert views.num_global == 2 and len(views.inputs) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -111,16 +113,25 @@ def test_the_loop_builds_it_for_audio_with_batch_seconds() -> None:
     from selfsup.train.loop import _build_sampler
     from selfsup.train.sampler import StepSampler
 
+    @dataclass
+    class _Cropping:  # a view policy that crops clips to 0.1 s
+        crop_samples: int = 1600
+
     config = Config()
     config.train.batch_size = 4
     data = tiny_audio(n=40)
-    assert isinstance(_build_sampler(config, data), StepSampler)
+    assert isinstance(_build_sampler(config, data, None), StepSampler)
     config.data.batch_seconds = 0.5
-    sampler = _build_sampler(config, data.subset(torch.arange(30)))
+    sampler = _build_sampler(config, data.subset(torch.arange(30)), None)
     assert isinstance(sampler, DurationSampler) and sampler.budget == 8000
     assert torch.equal(sampler.lengths, data.lengths[:30])
+    # Batches are budgeted on the views: a clip longer than the policy's crop costs the crop.
+    assert int(data.lengths.max()) > 1600
+    cropped = _build_sampler(config, data.subset(torch.arange(30)), _Cropping())
+    assert isinstance(cropped, DurationSampler)
+    assert torch.equal(cropped.lengths, data.lengths[:30].clamp_max(1600))
     with pytest.raises(ConfigError, match="audio clips"):
-        _build_sampler(config, tiny_images())
+        _build_sampler(config, tiny_images(), None)
     config.data.batch_seconds = -1.0
     with pytest.raises(ConfigError, match="> 0"):
-        _build_sampler(config, data)
+        _build_sampler(config, data, None)

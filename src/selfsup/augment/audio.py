@@ -371,6 +371,11 @@ class SpeechMaskPolicy:
     gain_db: tuple[float, float] | None
     noise_snr_db: tuple[float, float] | None
 
+    @property
+    def crop_samples(self) -> int:
+        """The longest view in samples: duration batches are budgeted on ``min(length, this)``."""
+        return self.max_samples
+
     def __call__(self, batch: Batch, generator: torch.Generator) -> Views:
         waveform, lengths = _waveforms(self.transform, batch)
         starts = sample_crop_starts(lengths, self.max_samples, generator).to(waveform.device)
@@ -505,6 +510,11 @@ class BYOLAPolicy:
             tail = _uniform(size, -self.fader_gain, self.fader_gain, generator)
             x = linear_fader(x, frames, head, tail)
         return x
+
+    @property
+    def crop_samples(self) -> int:
+        """The longest view in samples: duration batches are budgeted on ``min(length, this)``."""
+        return self.unit_samples
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Views:
         waveform, lengths = _waveforms(self.transform, batch)

@@ -268,16 +268,19 @@ def _build_model(
     return method, model
 
 
-def _build_sampler(config: Config, dataset: Dataset) -> StepSampler | DurationSampler | None:
+def _build_sampler(
+    config: Config, dataset: Dataset, policy: ViewPolicy
+) -> StepSampler | DurationSampler | None:
     """The step-to-indices map (None for a 0-step run): ``train.batch_size`` samples per step, or, for
-    audio with ``data.batch_seconds``, batches of clips sized by padded duration (one per micro-batch of
-    each process); a batch larger than the data is a clear error."""
+    audio with ``data.batch_seconds``, batches of clips sized by the padded duration of their views (a
+    clip longer than the policy's crop counts as the crop; one batch per micro-batch of each process);
+    a batch larger than the data is a clear error."""
     train = config.train
     if train.steps <= 0:
         return None
     seconds = config.data.batch_seconds
     if seconds:  # None or 0: batches of train.batch_size samples
-        lengths, rate = clip_lengths(dataset), dataset.info.sample_rate
+        lengths, rate = _view_lengths(dataset, policy), dataset.info.sample_rate
         if lengths is None or not rate:
             modality = dataset.info.modality
             raise ConfigError(
@@ -361,6 +364,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         betas=optim.betas,
         eta=optim.eta,
     )
+    policy = build_policy(config, dataset.info, transform, method.encoder)
     session = Session(
         config=config,
         run_dir=run_dir,
@@ -370,9 +374,9 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         transform=transform,
         method=method,
         model=model,
-        policy=build_policy(config, dataset.info, transform, method.encoder),
+        policy=policy,
         optimizer=optimizer,
-        sampler=_build_sampler(config, dataset),
+        sampler=_build_sampler(config, dataset, policy),
         monitor=_build_monitor(config, dataset, val, transform, device),
         base_lr=base_lr,
         warmup=_warmup_steps(config),
@@ -582,6 +586,14 @@ class _LogWindow:
         self.audio += audio
 
 
+def _view_lengths(dataset: Dataset, policy: ViewPolicy) -> Tensor | None:
+    """Samples per clip that reach the encoder (its length, or the view policy's ``crop_samples``);
+    None unless the data are audio clips."""
+    lengths = clip_lengths(dataset)
+    crop = getattr(policy, "crop_samples", None)
+    return lengths if lengths is None or crop is None else lengths.clamp_max(crop)
+
+
 def _step_load(s: Session, step: int, lengths: Tensor | None) -> tuple[int, int]:
     """(samples, valid audio samples) of the global batch of ``step``, from the sampler (no host sync);
     ``lengths``: the clips' lengths for audio data, else None (then 0 audio samples)."""
@@ -610,7 +622,8 @@ def _log_step(
     logs.update({k: to_scalar(v) for k, v in output.logs.items()})
     if grad_norm is not None:
         logs["grad_norm"] = float(grad_norm)
-    if output.embeddings is not None:
+    if output.embeddings is not None and output.embeddings.shape[0] > 1:
+        # A duration batch can hold one long clip: no spread to measure (not a NaN in the log).
         logs["embedding_std"] = normalized_embedding_std(output.embeddings)
     if s.probe is not None:
         logs.update(s.probe.train_logs())
@@ -631,7 +644,7 @@ def _pretrain(config: Config, run_dir: Path, resume: bool) -> RunResult:
         stop_at = s.step  # resuming a run that stopped early: nothing left to train
     bar = progress_bar(train.steps, s.step, enabled=train.progress and dist.is_main())
     window, run_start, last_logs = _LogWindow(s.device), time.perf_counter(), {}
-    lengths = clip_lengths(s.dataset) if s.step < stop_at else None
+    lengths = _view_lengths(s.dataset, s.policy) if s.step < stop_at else None
     s.model.train()
     loader = _batches(s, stop_at) if s.step < stop_at else None
     s.batches = iter(loader) if loader is not None else None
