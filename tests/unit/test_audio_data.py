@@ -22,7 +22,8 @@ from selfsup.augment.audio_transform import AudioTransform
 from selfsup.config import Config
 from selfsup.data import DataError, describe, load_dataset
 from selfsup.data import audio as audio_mod
-from selfsup.data.audio import AudioDataset, clip_lengths, decode_audio, resampled_length
+from selfsup.data.audio import AudioDataset, clip_lengths
+from selfsup.data.audio_decode import decode_audio, resampled_length
 from selfsup.data.audio_stream import StreamingAudioDataset
 from selfsup.modalities import get_modality, transform_from_dict
 

@@ -7,7 +7,8 @@ Importing this package registers every source in :data:`SOURCES` (``digits``, ``
 
 # The source modules are imported for their side effect: each registers its factory in SOURCES.
 from selfsup.data import arrays, audio, cifar, digits, folder, shards  # noqa: F401
-from selfsup.data.audio import AUDIO_EXTENSIONS, AudioDataset, clip_lengths
+from selfsup.data.audio import AudioDataset, clip_lengths
+from selfsup.data.audio_decode import AUDIO_EXTENSIONS
 from selfsup.data.base import (
     SOURCES,
     UNKNOWN_LABEL,

@@ -2,13 +2,13 @@
 
 :func:`open_streaming_audio` reads every clip's header once (soundfile: frame count and rate, a few
 hundred bytes each; on a thread pool), which gives each clip's length at the data set's rate
-(:func:`~selfsup.data.audio.resampled_length`, exactly what soxr returns) without decoding it: the
+(:func:`~selfsup.data.audio_decode.resampled_length`, exactly what soxr returns) without decoding it: the
 length-bucketing sampler needs the lengths up front, and the decoded size that decides whether to
 stream is ``2 bytes x the total``. With a cache directory the header pass is kept (``audio-index/``,
 keyed like the data cache by the files and options) and read back in milliseconds.
 
 :meth:`StreamingAudioDataset.batch` then reads (``os.pread`` on tar members, no shared file position)
-and decodes (:func:`~selfsup.data.audio.decode_audio`, the in-memory path's function) the clips a
+and decodes (:func:`~selfsup.data.audio_decode.decode_audio`, the in-memory path's function) the clips a
 batch asks for, on the :class:`~selfsup.data.loader.PrefetchLoader`'s threads; the clips, lengths and
 padding are those of the in-memory :class:`~selfsup.data.audio.AudioDataset`, bit for bit.
 """
@@ -28,19 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from selfsup.data.audio import (
+from selfsup.data.audio import audio_info, no_clips_error, pad_clips
+from selfsup.data.audio_catalog import AudioCatalog, ClipReader
+from selfsup.data.audio_decode import (
     DEFAULT_MIN_SECONDS,
     DEFAULT_SAMPLE_RATE,
-    AudioCatalog,
-    ClipReader,
-    _num_workers,
     audio_header,
-    audio_info,
     check_audio_options,
     decode_audio,
     min_samples,
-    no_clips_error,
-    pad_clips,
+    num_workers,
     raise_strict,
     too_short,
 )
@@ -237,7 +234,7 @@ def _header_lengths(catalog: AudioCatalog, reader: ClipReader, sample_rate: int)
         except Exception as error:  # soundfile raises several types for damaged headers
             return error_reason(error)
 
-    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=num_workers()) as pool:
         return list(pool.map(one, range(len(catalog)), chunksize=64))
 
 

@@ -153,7 +153,8 @@ class Dataset(ABC):
         return SubsetDataset(self, indices)
 
 
-def _hash_tensor(digest: Any, tensor: Tensor) -> None:
+def hash_tensor(digest: Any, tensor: Tensor) -> None:
+    """Feed ``tensor`` (its shape, dtype and bytes) to the hashlib ``digest``, for data set fingerprints."""
     digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
     digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
@@ -215,8 +216,8 @@ class InMemoryDataset(Dataset):
     def _fingerprint(self) -> str:
         if self._given_fingerprint is None:
             digest = hashlib.sha256(repr(self.info.to_dict()).encode())
-            _hash_tensor(digest, self.inputs)
-            _hash_tensor(digest, self.labels)
+            hash_tensor(digest, self.inputs)
+            hash_tensor(digest, self.labels)
             digest.update("\0".join(self.ids).encode())
             self._given_fingerprint = digest.hexdigest()
         return self._given_fingerprint
@@ -246,7 +247,7 @@ class SubsetDataset(Dataset):
 
     def _fingerprint(self) -> str:
         digest = hashlib.sha256(self.base.fingerprint.encode())
-        _hash_tensor(digest, self.positions)
+        hash_tensor(digest, self.positions)
         return digest.hexdigest()
 
 
@@ -303,4 +304,5 @@ __all__ = [
     "check_labels",
     "describe",
     "error_reason",
+    "hash_tensor",
 ]

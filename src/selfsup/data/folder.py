@@ -3,7 +3,7 @@ as labels.
 
 Hidden files and folders are ignored. The files found decide the modality: images
 (:data:`~selfsup.data.decode.IMAGE_EXTENSIONS`) or audio clips
-(:data:`~selfsup.data.audio.AUDIO_EXTENSIONS`); a folder holding both is an error (point at a
+(:data:`~selfsup.data.audio_decode.AUDIO_EXTENSIONS`); a folder holding both is an error (point at a
 sub-folder, or use a manifest). If every direct sub-folder holds such files and none sits at the top
 level, the sorted sub-folder names are the classes; otherwise every label is -1.
 """
@@ -15,14 +15,9 @@ import os
 from pathlib import Path
 
 from selfsup.data.assemble import Item, build_from_collector, decode_stream
-from selfsup.data.audio import (
-    AUDIO_EXTENSIONS,
-    DEFAULT_MIN_SECONDS,
-    DEFAULT_SAMPLE_RATE,
-    AudioDataset,
-    decode_catalog,
-    folder_catalog,
-)
+from selfsup.data.audio import AudioDataset, decode_catalog
+from selfsup.data.audio_catalog import folder_catalog
+from selfsup.data.audio_decode import AUDIO_EXTENSIONS, DEFAULT_MIN_SECONDS, DEFAULT_SAMPLE_RATE
 from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.shards import TAR_SUFFIXES

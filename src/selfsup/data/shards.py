@@ -2,10 +2,10 @@
 
 A spec names one shard, a comma-separated list, or globs (``/data/train-*.tar``). Members
 ``<key>.<jpg|png|...>`` are images, or ``<key>.<wav|flac|ogg|mp3>`` audio clips (the first such member
-of the first shard decides which: :func:`shard_modality`; audio is read by :mod:`selfsup.data.audio`),
-an optional ``<key>.cls`` holds the ASCII class index, and a ``classes.txt`` beside the (first) shard
-names the classes. A truncated or corrupt shard keeps the
-samples read before the damage and records the rest as skipped.
+of the first shard decides which: :func:`shard_modality`; audio clips are found by
+:func:`~selfsup.data.audio_catalog.shard_catalog`), an optional ``<key>.cls`` holds the ASCII class
+index, and a ``classes.txt`` beside the (first) shard names the classes. A truncated or corrupt shard
+keeps the samples read before the damage and records the rest as skipped.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ from glob import glob
 from pathlib import Path
 
 from selfsup.data.assemble import Item, build_from_collector, decode_stream
-from selfsup.data.audio import (
-    AUDIO_EXTENSIONS,
-    DEFAULT_MIN_SECONDS,
-    DEFAULT_SAMPLE_RATE,
-    AudioDataset,
-    decode_catalog,
-    shard_catalog,
-)
+from selfsup.data.audio import AudioDataset, decode_catalog
+from selfsup.data.audio_catalog import shard_catalog
+from selfsup.data.audio_decode import AUDIO_EXTENSIONS, DEFAULT_MIN_SECONDS, DEFAULT_SAMPLE_RATE
 from selfsup.data.base import UNKNOWN_LABEL, DataError, InMemoryDataset, error_reason
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.data.sources import SPEC_FORMS, canonical_source, register_source, strip_kind
@@ -34,7 +29,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 # WebDataset's convention: the key is the member path up to the first dot of its file name,
 # the suffix everything after it ("a/b.c.jpg" -> key "a/b", suffix "c.jpg").
-_KEY_RE = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")
+KEY_RE = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")
 
 
 def _has_glob(text: str) -> bool:
@@ -76,7 +71,8 @@ def resolve_shards(spec: str) -> list[Path]:
     return unique
 
 
-def _classes_file(shards: list[Path]) -> Path | None:
+def classes_file(shards: list[Path]) -> Path | None:
+    """The ``classes.txt`` beside the first shard, or None when there is none."""
     path = shards[0].parent / "classes.txt"
     return path if path.is_file() else None
 
@@ -89,7 +85,9 @@ def read_classes_txt(path: Path) -> list[str]:
     return [n.strip() for n in names]
 
 
-def _parse_cls(raw: bytes, num_classes: int | None) -> int:
+def parse_cls(raw: bytes, num_classes: int | None) -> int:
+    """The class index a ``.cls`` member holds (ASCII, -1 for unknown); ValueError (UnicodeDecodeError for
+    non-ASCII bytes) when it is not an integer in range."""
     text = raw.decode("ascii").strip()
     if not re.fullmatch(r"-?\d+", text):
         raise ValueError(f"bad .cls content {text[:20]!r}: expected an integer class index")
@@ -100,7 +98,7 @@ def _parse_cls(raw: bytes, num_classes: int | None) -> int:
     return label
 
 
-def _ended_cleanly(stream: tarfile.TarFile) -> bool:
+def ended_cleanly(stream: tarfile.TarFile) -> bool:
     """Whether iteration stopped at a zero block, the tar end marker.
 
     tarfile stops silently (no error) at a truncated or corrupt header anywhere after the first
@@ -131,7 +129,7 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[Item]:
             label = UNKNOWN_LABEL
             if "cls" in members:
                 try:
-                    label = _parse_cls(members["cls"], num_classes)
+                    label = parse_cls(members["cls"], num_classes)
                 except (UnicodeDecodeError, ValueError) as error:
                     return Item(sample_id, error=str(error))
             return Item(sample_id, label=label, data=image)
@@ -140,7 +138,7 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[Item]:
             # Random-access mode (not "r|"): after the last member, the end-of-archive block can be checked.
             with tarfile.open(shard, "r:*") as stream:
                 for member in stream:
-                    match = _KEY_RE.match(member.name)
+                    match = KEY_RE.match(member.name)
                     if not member.isfile() or match is None or os.path.basename(member.name).startswith("."):
                         continue
                     member_key, suffix = match.group(1), match.group(2).lower()
@@ -152,7 +150,7 @@ def _shard_items(shards: list[Path], num_classes: int | None) -> Iterator[Item]:
                     if suffix == "cls" or "." + suffix in IMAGE_EXTENSIONS:
                         handle = stream.extractfile(member)
                         members[suffix] = handle.read() if handle is not None else b""
-                if not _ended_cleanly(stream):
+                if not ended_cleanly(stream):
                     raise tarfile.ReadError(
                         "no end-of-archive block after the last member: truncated or corrupt"
                     )
@@ -188,7 +186,7 @@ def shard_modality(shards: list[Path]) -> str:
 
 def _shard_inputs(spec: str) -> list[Path]:
     shards = resolve_shards(spec)
-    extra = _classes_file(shards)
+    extra = classes_file(shards)
     return [*shards, *([extra] if extra else [])]
 
 
@@ -205,7 +203,7 @@ def shards_source(
     """WebDataset-style tar shards (path, comma list or glob): <key>.jpg/png or <key>.wav/flac/ogg/mp3,
     plus an optional <key>.cls."""
     shards = resolve_shards(spec)
-    classes_path = _classes_file(shards)
+    classes_path = classes_file(shards)
     classes = read_classes_txt(classes_path) if classes_path else None
     if shard_modality(shards) == "audio":
         return decode_catalog(
@@ -226,4 +224,14 @@ def shards_source(
     )
 
 
-__all__ = ["TAR_SUFFIXES", "read_classes_txt", "resolve_shards", "shard_modality", "shards_source"]
+__all__ = [
+    "KEY_RE",
+    "TAR_SUFFIXES",
+    "classes_file",
+    "ended_cleanly",
+    "parse_cls",
+    "read_classes_txt",
+    "resolve_shards",
+    "shard_modality",
+    "shards_source",
+]

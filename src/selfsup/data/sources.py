@@ -30,14 +30,14 @@ Spec forms, auto-detected in this order (an explicit ``kind:`` prefix such as ``
 ``manifest`` — ``metadata.csv``, ``clips.tsv``, ``metadata.csv?label=digit&split=train``
     audio clips listed in a CSV/TSV file (a ``path`` column, relative to the manifest, or members of
     the tar archives beside it); ``label=COLUMN`` names the labels, any other ``COLUMN=VALUE`` keeps the
-    matching rows (:mod:`selfsup.data.audio`).
+    matching rows (:mod:`selfsup.data.audio_catalog`).
 ``folder`` — a directory
     images or audio files (wav, flac, ogg, mp3) found recursively (hidden files and folders ignored;
     a folder holding both is an error). If every direct sub-folder holds such files and none sits at
     the top level, the sorted sub-folder names are the classes; otherwise every label is -1.
 
 Audio (folders, shards and manifests of audio files) is decoded to mono int16 at ``sample_rate``
-(resampled with soxr); clips shorter than ``min_seconds`` are skipped (:mod:`selfsup.data.audio`).
+(resampled with soxr); clips shorter than ``min_seconds`` are skipped (:mod:`selfsup.data.audio_decode`).
 """
 
 from __future__ import annotations
@@ -201,10 +201,10 @@ def load_dataset(
             return joined.subset(torch.arange(max_samples))
         return joined
     kind, rest = resolve_spec(spec)
-    from selfsup.data import audio
+    from selfsup.data import audio_catalog, audio_decode
 
-    if kind in STREAMABLE and audio.source_modality(kind, rest) == "audio":
-        audio.check_audio_options(sample_rate, min_seconds)
+    if kind in STREAMABLE and audio_catalog.source_modality(kind, rest) == "audio":
+        audio_decode.check_audio_options(sample_rate, min_seconds)
         return _load_audio(
             kind, rest, sample_rate, min_seconds, max_samples, strict, cache_dir, loading, memory_limit_gb
         )
@@ -235,14 +235,14 @@ def _load_audio(
 ) -> Dataset:
     """An audio source: streamed (:mod:`selfsup.data.audio_stream`) when asked or when its decoded size
     (from the clips' headers) exceeds the memory limit, else decoded once (through the disk cache)."""
-    from selfsup.data import audio, audio_stream
+    from selfsup.data import audio, audio_catalog, audio_stream
     from selfsup.data.tar_index import is_compressed_shard
 
     cache = None if cache_dir is None else Path(cache_dir).expanduser()
     source = canonical_source(kind, rest)
     options = {"sample_rate": sample_rate, "min_seconds": float(min_seconds)}
     stream_compressed = loading == "stream" and kind == "shards"
-    catalog = audio.audio_catalog(kind, rest, decompress_to=cache if stream_compressed else None)
+    catalog = audio_catalog.audio_catalog(kind, rest, decompress_to=cache if stream_compressed else None)
     compressed = any(is_compressed_shard(Path(p)) for p in catalog.files)
     if loading != "memory" and not (compressed and loading == "auto"):
         streamed = audio_stream.open_streaming_audio(

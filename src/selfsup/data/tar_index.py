@@ -57,7 +57,7 @@ _SIGNED_CHECKSUM = struct.Struct("148b8x356b")
 # ---------------------------------------------------------------------------------------------
 
 
-class _Unsupported(Exception):
+class Unsupported(Exception):
     """An archive feature the fast header scanner leaves to :mod:`tarfile` (sparse files, charsets)."""
 
 
@@ -121,7 +121,7 @@ def _parse_header(buf: bytes) -> tuple[str, int, bytes]:
 def _parse_pax(data: bytes) -> dict[str, str]:
     """The ``"%d %s=%s\\n"`` records of a pax extended header (as tarfile parses them)."""
     if re.search(rb"\d+ hdrcharset=", data):
-        raise _Unsupported("pax hdrcharset")
+        raise Unsupported("pax hdrcharset")
     records: dict[str, str] = {}
     pos = 0
     while (match := _PAX_RECORD.match(data, pos)) is not None:
@@ -130,7 +130,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
             raise _HeaderStop("invalid header")
         keyword = match.group(2).decode("utf-8", "surrogateescape")
         if keyword.startswith("GNU.sparse"):
-            raise _Unsupported("GNU sparse file")
+            raise Unsupported("GNU sparse file")
         records[keyword] = data[match.end(2) + 1 : match.start(1) + length - 1].decode(
             "utf-8", "surrogateescape"
         )
@@ -138,7 +138,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return records
 
 
-def _scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
+def scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
     """``(name, data offset, size)`` of each regular file in an uncompressed tar, in archive order.
 
     Reads only the headers (one ``pread`` each), following tarfile's rules: pax extended headers
@@ -146,7 +146,7 @@ def _scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
     recursion), and reading stops silently at a bad header, as ``for m in tarfile`` does. Raises
     ``tarfile.ReadError`` where :mod:`selfsup.data.shards` sees a damaged shard: no end-of-archive
     block where reading stopped, member data cut short, a bad first header, or a bad header after
-    an extension header. Raises :class:`_Unsupported` for what it leaves to tarfile (sparse files,
+    an extension header. Raises :class:`Unsupported` for what it leaves to tarfile (sparse files,
     pax charsets, global pax headers that rename or resize members).
     """
     offset = 0
@@ -173,7 +173,7 @@ def _scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
                     if kind == tarfile.XGLTYPE:
                         # Global records apply to every later member; only path and size matter here.
                         if "path" in records or "size" in records:
-                            raise _Unsupported("a global pax header naming a path or size")
+                            raise Unsupported("a global pax header naming a path or size")
                         records = {}
                     if "path" in records and name_override is None:
                         name_override = records["path"].rstrip("/")
@@ -196,7 +196,7 @@ def _scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
                 "no end-of-archive block after the last member: truncated or corrupt"
             ) from None
         if kind == tarfile.GNUTYPE_SPARSE:
-            raise _Unsupported("GNU sparse file")
+            raise Unsupported("GNU sparse file")
         if name_override is not None:
             name = name_override
         if size_override is not None:
@@ -206,16 +206,16 @@ def _scan_members(fd: int, file_size: int) -> Iterator[tuple[str, int, int]]:
         offset = data_at if kind in _NO_DATA_TYPES else data_at + _blocks(size)
 
 
-def _tarfile_members(path: Path) -> Iterator[tuple[str, int, int]]:
-    """What :func:`_scan_members` yields, read with :mod:`tarfile` (for archives it does not handle)."""
-    from selfsup.data.shards import _ended_cleanly
+def tarfile_members(path: Path) -> Iterator[tuple[str, int, int]]:
+    """What :func:`scan_members` yields, read with :mod:`tarfile` (for archives it does not handle)."""
+    from selfsup.data.shards import ended_cleanly
 
     with tarfile.open(path, "r:") as stream:
         for member in stream:
             if member.isfile():
                 # A sparse member's data is not stored in one piece: it cannot be read in place.
                 yield member.name, member.offset_data, -1 if member.issparse() else member.size
-        if not _ended_cleanly(stream):
+        if not ended_cleanly(stream):
             raise tarfile.ReadError("no end-of-archive block after the last member: truncated or corrupt")
 
 
@@ -285,13 +285,13 @@ def _scan_shard(path: Path, num_classes: int | None) -> _ShardScan:
     """Group one shard's members into samples by WebDataset key, as ``shards._shard_items`` does."""
     try:
         return _group_shard(path, num_classes, fast=True)
-    except _Unsupported as why:
+    except Unsupported as why:
         logger.debug("%s: %s; indexing it with tarfile", path, why)
         return _group_shard(path, num_classes, fast=False)
 
 
 def _group_shard(path: Path, num_classes: int | None, *, fast: bool) -> _ShardScan:
-    from selfsup.data.shards import _KEY_RE, _parse_cls
+    from selfsup.data.shards import KEY_RE, parse_cls
 
     keys: list[str] = []
     offsets: list[int] = []
@@ -318,7 +318,7 @@ def _group_shard(path: Path, num_classes: int | None, *, fast: bool) -> _ShardSc
         label = UNKNOWN_LABEL
         if cls is not None:
             try:
-                label = _parse_cls(cls, num_classes)
+                label = parse_cls(cls, num_classes)
             except (UnicodeDecodeError, ValueError) as error:
                 skips.append((key, str(error), len(keys)))
                 return
@@ -335,9 +335,9 @@ def _group_shard(path: Path, num_classes: int | None, *, fast: bool) -> _ShardSc
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         file_size = os.fstat(fd).st_size
-        members = _scan_members(fd, file_size) if fast else _tarfile_members(path)
+        members = scan_members(fd, file_size) if fast else tarfile_members(path)
         for name, data_at, size in members:
-            match = _KEY_RE.match(name)
+            match = KEY_RE.match(name)
             if match is None or name.rpartition("/")[2].startswith("."):  # hidden files, as in shards.py
                 continue
             member_key, suffix = match.group(1), match.group(2).lower()
@@ -548,4 +548,13 @@ def decompress_shard(path: Path, cache_dir: Path | None) -> Path:
     return target
 
 
-__all__ = ["INDEX_FORMAT_VERSION", "ShardIndex", "decompress_shard", "index_shards", "is_compressed_shard"]
+__all__ = [
+    "INDEX_FORMAT_VERSION",
+    "ShardIndex",
+    "Unsupported",
+    "decompress_shard",
+    "index_shards",
+    "is_compressed_shard",
+    "scan_members",
+    "tarfile_members",
+]
