@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +39,8 @@ from selfsup.data.audio_decode import (
     raise_strict,
     too_short,
 )
-from selfsup.data.base import Batch, DataError, DataInfo, Dataset, error_reason
+from selfsup.data.base import Batch, DataError, DataInfo, error_reason
+from selfsup.data.streaming import StreamingDataset
 from selfsup.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ logger = logging.getLogger(__name__)
 _INDEX_VERSION = 1
 
 
-class StreamingAudioDataset(Dataset):
+class StreamingAudioDataset(StreamingDataset):
     """Clips decoded on demand: ``labels``, ``ids`` and ``lengths`` in memory, the audio where it lies.
 
     reader: opens clip ``positions[i]`` of its catalog; ``lengths`` ``(N,)`` int64 samples per clip at
@@ -63,9 +62,15 @@ class StreamingAudioDataset(Dataset):
     and counted in ``substitutions``. A clip whose decoded length differs from its header's (rare: a
     damaged file, a VBR mp3 without a length header) is cut or zero-padded to the header's length, with
     one warning, so that the sampler's budget holds.
+
+    The substitution, the fingerprint (a digest that adds the lengths, unless one is given) and the
+    resource lifecycle (:meth:`close`, the context manager, pickling) are
+    :class:`~selfsup.data.streaming.StreamingDataset`'s.
     """
 
-    streaming = True
+    _noun = "clip"
+    _content_noun = "clip"
+    reader: ClipReader
 
     def __init__(
         self,
@@ -86,19 +91,12 @@ class StreamingAudioDataset(Dataset):
         if not len(positions) == len(lengths) == len(labels) == len(ids):
             raise ValueError("positions, lengths, labels and ids must have one entry per clip")
         assert info.sample_rate is not None
-        self.reader = reader
+        super().__init__(
+            reader, labels, ids, source=source, strict=strict, skipped=skipped, fingerprint=fingerprint
+        )
         self.positions = np.asarray(positions, np.int64)
         self._lengths = torch.as_tensor(np.asarray(lengths, np.int64))
-        self.labels = torch.as_tensor(np.asarray(labels, np.int64)).reshape(-1)
-        self.ids = ids
         self.info = info
-        self.source = source
-        self.strict = strict
-        self.skipped = list(skipped)
-        self.substitutions = 0
-        self._given_fingerprint = fingerprint
-        self._bad: dict[int, str] = {}
-        self._lock = threading.Lock()
         self._warned_length = False
 
     @property
@@ -113,6 +111,7 @@ class StreamingAudioDataset(Dataset):
         return self._lengths.double() / self.info.sample_rate
 
     def _decode(self, i: int) -> np.ndarray:
+        """Clip ``i`` as int16 ``(T,)`` at the header's length; raises on unreadable data."""
         assert self.info.sample_rate is not None
         wave = decode_audio(self.reader.open(int(self.positions[i])), int(self.info.sample_rate))
         expected = int(self._lengths[i])
@@ -128,51 +127,16 @@ class StreamingAudioDataset(Dataset):
             wave = np.pad(wave[:expected], (0, max(0, expected - wave.shape[0])))
         return wave
 
-    def _clip(self, i: int) -> tuple[int, np.ndarray]:
-        """(index actually used, int16 ``(T,)``) for clip ``i``, substituting unreadable ones."""
-        n = len(self.ids)
-        j = i
-        for _ in range(n):
-            if j not in self._bad:
-                try:
-                    return j, self._decode(j)
-                except Exception as error:  # soundfile's errors for damaged data are of several types
-                    reason = error_reason(error)
-                    if self.strict:
-                        raise DataError(
-                            f"cannot read {self.ids[j]} in {self.source!r}: {reason}. (strict=True; with "
-                            "strict=False an unreadable clip is replaced by the next readable one and "
-                            "listed in dataset.skipped.)"
-                        ) from error
-                    with self._lock:
-                        if j not in self._bad:
-                            self._bad[j] = reason
-                            self.skipped.append((self.ids[j], reason))
-                            logger.warning(
-                                "%s: cannot decode %s (%s); using the next readable clip instead",
-                                self.source,
-                                self.ids[j],
-                                reason,
-                            )
-            j = (j + 1) % n
-        raise DataError(f"no readable clip in {self.source!r}: all {n} clips failed to decode")
-
     def batch(self, indices: Tensor) -> Batch:
         """The clips at ``indices`` (``(B,)`` int64) as a CPU :class:`Batch`: ``inputs (B, T)`` int16
         zero-padded to the longest, ``lengths (B,)``, ``padding_mask (B, T)``, ``labels``, ``indices``."""
-        wanted = torch.as_tensor(indices).detach().to("cpu", torch.int64).reshape(-1).tolist()
-        n = len(self.ids)
-        if wanted and not -n <= min(wanted) <= max(wanted) < n:
-            raise IndexError(f"index out of range for a data set of {n} clips")
+        positions = self._positions(indices)
         used, clips = [], []
-        for i in wanted:
-            j, wave = self._clip(i % n)
+        for i in positions:
+            j, wave = self._sample(i)
             used.append(j)
             clips.append(torch.from_numpy(wave))
-        substituted = sum(j != i % n for i, j in zip(wanted, used))
-        if substituted:
-            with self._lock:
-                self.substitutions += substituted
+        self._count_substitutions(positions, used)
         inputs, lengths, mask = pad_clips(clips, "cpu")
         where = torch.tensor(used, dtype=torch.int64)
         return Batch(
@@ -183,41 +147,9 @@ class StreamingAudioDataset(Dataset):
         """Bytes all clips would take decoded in memory: 2 per sample (int16), plus the offsets."""
         return int(self._lengths.sum()) * 2 + 8 * (len(self.ids) + 1)
 
-    def _fingerprint(self) -> str:
-        if self._given_fingerprint is None:
-            import hashlib
-
-            digest = hashlib.sha256(repr(self.info.to_dict()).encode())
-            digest.update(self.source.encode())
-            digest.update("\0".join(self.ids).encode())
-            digest.update(self.labels.numpy().tobytes())
-            digest.update(self._lengths.numpy().tobytes())
-            self._given_fingerprint = digest.hexdigest()
-        return self._given_fingerprint
-
-    def close(self) -> None:
-        """Release the open archives (they are opened again if the data set is used afterwards)."""
-        self.reader.close()
-
-    def __enter__(self) -> StreamingAudioDataset:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        reader = self.__dict__.get("reader")
-        if reader is not None:
-            reader.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+    def _fingerprint_extra(self) -> bytes:
+        """The lengths: the sampler's buckets and the padding depend on them."""
+        return self._lengths.numpy().tobytes()
 
 
 # ---------------------------------------------------------------------------------------------

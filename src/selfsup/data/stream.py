@@ -21,8 +21,6 @@ Members are grouped into samples exactly as :mod:`selfsup.data.shards` groups th
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import os
 import threading
@@ -36,11 +34,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from selfsup.data.base import UNKNOWN_LABEL, Batch, DataError, DataInfo, Dataset, error_reason
+from selfsup.data.base import UNKNOWN_LABEL, Batch, DataError, DataInfo
 from selfsup.data.decode import decode_image, resize_center_crop
+from selfsup.data.streaming import StreamingDataset
 from selfsup.data.tar_index import ShardIndex, decompress_shard, index_shards, is_compressed_shard
-
-logger = logging.getLogger(__name__)
 
 # Shards whose file descriptors stay open for the data set's lifetime. Beyond this many (a data set
 # of thousands of shards would run into the usual limit of 1024 open files) each read opens and
@@ -167,7 +164,7 @@ def estimated_decoded_bytes(num_samples: int, sample_shape: Sequence[int]) -> in
     return int(num_samples) * math.prod(int(d) for d in sample_shape)
 
 
-class StreamingImageDataset(Dataset):
+class StreamingImageDataset(StreamingDataset):
     """Images decoded on demand from a :class:`SampleReader` (tar members or files).
 
     ``labels`` ``(N,)`` int64 and ``ids`` live in memory; :meth:`batch` reads and decodes the samples
@@ -184,13 +181,16 @@ class StreamingImageDataset(Dataset):
     naming it. Otherwise sample ``i`` is replaced by the first of ``i + 1, i + 2, ...`` (mod N) that
     decodes, so the batch keeps its size and its content never depends on thread timing; the
     returned ``labels`` and ``indices`` are the substitute's. Each failing sample is recorded once in
-    ``skipped`` (``(id, reason)``) and every substitution is counted in ``substitutions``.
+    ``skipped`` (``(id, reason)``) and every substitution is counted in ``substitutions``. This, the
+    fingerprint and the resource lifecycle are :class:`~selfsup.data.streaming.StreamingDataset`'s.
 
     Call :meth:`close` (or use the data set as a context manager) to release the open files; a
     closed data set opens them again if used.
     """
 
-    streaming = True
+    _noun = "sample"
+    _content_noun = "image"
+    reader: SampleReader
 
     def __init__(
         self,
@@ -205,21 +205,14 @@ class StreamingImageDataset(Dataset):
         skipped: Sequence[tuple[str, str]] = (),
         fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
-        self.reader = reader
-        self.labels = torch.as_tensor(np.asarray(labels, np.int64)).reshape(-1)
-        self.ids = ids
+        super().__init__(
+            reader, labels, ids, source=source, strict=strict, skipped=skipped, fingerprint=fingerprint
+        )
         if len(ids) != self.labels.shape[0]:
             raise ValueError(f"expected {self.labels.shape[0]} ids, got {len(ids)}")
         if len(ids) == 0:
             raise DataError(f"no images to stream from {source!r}")
-        self.source = source
-        self.skipped = list(skipped)
         self.image_size = image_size
-        self.strict = strict
-        self.substitutions = 0
-        self._given_fingerprint = fingerprint
-        self._bad: dict[int, str] = {}  # index -> reason, for samples known not to decode
-        self._lock = threading.Lock()
         self._warned_size = False
         self._shape: tuple[int, int] | None = (image_size, image_size) if image_size is not None else None
         if self._shape is None:
@@ -253,110 +246,29 @@ class StreamingImageDataset(Dataset):
             image = np.asarray(_resize_cover(Image.fromarray(image), height, width), dtype=np.uint8)
         return image
 
-    def _sample(self, i: int) -> tuple[int, np.ndarray]:
-        """(index actually used, ``(H, W, 3)`` uint8 image) for sample ``i``, substituting unreadable ones."""
-        n = len(self.ids)
-        j = i
-        for _ in range(n):
-            if j not in self._bad:
-                try:
-                    return j, self._decode(j)
-                # Pillow's format plugins raise many exception types on malformed input (OSError,
-                # SyntaxError, ValueError, struct.error, ...); every one means "unreadable".
-                except Exception as error:
-                    reason = error_reason(error)
-                    if self.strict:
-                        raise DataError(
-                            f"cannot read {self.ids[j]} in {self.source!r}: {reason}. (strict=True; with "
-                            "strict=False an unreadable sample is replaced by the next readable one and "
-                            "listed in dataset.skipped.)"
-                        ) from error
-                    with self._lock:
-                        if j not in self._bad:
-                            self._bad[j] = reason
-                            self.skipped.append((self.ids[j], reason))
-                            logger.warning(
-                                "%s: cannot decode %s (%s); using the next readable sample instead",
-                                self.source,
-                                self.ids[j],
-                                reason,
-                            )
-            j = (j + 1) % n
-        raise DataError(f"no readable image in {self.source!r}: all {n} samples failed to decode")
-
     def batch(self, indices: Tensor) -> Batch:
         """The samples at ``indices`` (``(B,)`` int64, any order, repeats allowed) as a CPU :class:`Batch`:
         ``inputs`` ``(B, 3, H, W)`` uint8, ``labels`` ``(B,)`` int64, ``indices`` ``(B,)`` int64."""
-        wanted = torch.as_tensor(indices).detach().to("cpu", torch.int64).reshape(-1)
-        n = len(self.ids)
-        positions = wanted.tolist()
-        if positions and not -n <= min(positions) <= max(positions) < n:
-            raise IndexError(f"index out of range for a data set of {n} samples")
+        positions = self._positions(indices)
         assert self._shape is not None
         # Images land channels-last (a plain copy each) and are transposed once for the whole batch:
         # transposing image by image is several times slower.
         out = np.empty((len(positions), *self._shape, 3), np.uint8)
         used = []
-        substituted = 0
         for k, i in enumerate(positions):
-            i %= n  # negative indices count from the end, as in tensor indexing
             j, out[k] = self._sample(i)
             used.append(j)
-            substituted += j != i
-        if substituted:
-            with self._lock:
-                self.substitutions += substituted
+        self._count_substitutions(positions, used)
         where = torch.tensor(used, dtype=torch.int64)
         inputs = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
         return Batch(inputs=inputs, labels=self.labels[where], indices=where)
 
-    # -- size and identity -----------------------------------------------------------------
+    # -- size ------------------------------------------------------------------------------
 
     def estimated_bytes(self) -> int:
         """Bytes all samples would take decoded in memory: ``len x 3 x H x W`` (uint8)."""
         assert self.info.sample_shape is not None
         return estimated_decoded_bytes(len(self), self.info.sample_shape)
-
-    def _fingerprint(self) -> str:
-        given = self._given_fingerprint
-        if callable(given):
-            given = self._given_fingerprint = given()
-        if given is None:
-            digest = hashlib.sha256(repr(self.info.to_dict()).encode())
-            digest.update(self.source.encode())
-            digest.update("\0".join(self.ids).encode())
-            digest.update(self.labels.numpy().tobytes())
-            given = self._given_fingerprint = digest.hexdigest()
-        return given
-
-    # -- resources -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Release the open files (they are opened again if the data set is used afterwards)."""
-        self.reader.close()
-
-    def __enter__(self) -> StreamingImageDataset:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A safety net only: descriptors must not leak when a data set is dropped without close().
-        reader = self.__dict__.get("reader")
-        if reader is not None:
-            reader.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_lock"]
-        if callable(state["_given_fingerprint"]):
-            state["_given_fingerprint"] = self.fingerprint
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
