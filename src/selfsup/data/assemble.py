@@ -9,7 +9,6 @@ Either way :func:`build_dataset` checks the sizes, resizes when asked, and build
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data.base import UNKNOWN_LABEL, DataError, DataInfo, InMemoryDataset, error_reason
+from selfsup.data.base import UNKNOWN_LABEL, DataError, DataInfo, InMemoryDataset, error_reason, num_workers
 from selfsup.data.decode import decode_image, resize_center_crop
 from selfsup.data.sources import SPEC_FORMS
 
@@ -39,14 +38,6 @@ class Item:
     label: int = UNKNOWN_LABEL
     data: bytes | Path | None = None
     error: str | None = None
-
-
-def _num_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
 
 
 def _decode_chunk(items: list[Item], image_size: int | None) -> list[np.ndarray | str]:
@@ -138,7 +129,7 @@ def decode_stream(
     """
     collected = Collector(strict)
     iterator = iter(items)
-    workers = _num_workers()
+    workers = num_workers()
     pool = ThreadPoolExecutor(max_workers=workers)
     pending: deque[tuple[list[Item], Future[list[np.ndarray | str]]]] = deque()
     in_flight = 0
@@ -182,7 +173,7 @@ def _map_images(images: np.ndarray, image_size: int) -> np.ndarray:
         return [np.asarray(resize_center_crop(Image.fromarray(im), image_size)) for im in block]
 
     blocks = [images[i : i + _CHUNK] for i in range(0, len(images), _CHUNK)]
-    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=num_workers()) as pool:
         out = [im for block in pool.map(work, blocks) for im in block]
     return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.uint8)
 

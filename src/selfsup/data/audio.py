@@ -35,7 +35,6 @@ from selfsup.data.audio_decode import (
     check_audio_options,
     decode_audio,
     min_samples,
-    num_workers,
     raise_strict,
     too_short,
 )
@@ -47,6 +46,7 @@ from selfsup.data.base import (
     SubsetDataset,
     error_reason,
     hash_tensor,
+    num_workers,
 )
 from selfsup.data.sources import canonical_source, register_source, strip_kind
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +94,6 @@ def is_audio_name(name: str) -> bool:
     return base.lower().endswith(AUDIO_EXTENSIONS) and not base.startswith(".")
 
 
-def num_workers() -> int:
-    """Threads to decode or read headers on: the usable cores, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
 def too_short(length: int, shortest: int, sample_rate: int) -> str:
     """The reason a clip of ``length`` samples is skipped when the shortest kept is ``shortest``."""
     return f"too short: {length / sample_rate:.3f} s < data.min_seconds={shortest / sample_rate:g} s"
@@ -125,7 +115,6 @@ __all__ = [
     "decode_audio",
     "is_audio_name",
     "min_samples",
-    "num_workers",
     "raise_strict",
     "resampled_length",
     "to_int16",

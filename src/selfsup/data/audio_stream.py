@@ -35,11 +35,10 @@ from selfsup.data.audio_decode import (
     check_audio_options,
     decode_audio,
     min_samples,
-    num_workers,
     raise_strict,
     too_short,
 )
-from selfsup.data.base import Batch, DataError, DataInfo, error_reason
+from selfsup.data.base import Batch, DataError, DataInfo, error_reason, num_workers
 from selfsup.data.streaming import StreamingDataset
 from selfsup.io import write_text_atomic
 

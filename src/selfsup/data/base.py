@@ -13,6 +13,7 @@ float32 vectors; the fast path for sets that fit in memory) and the streaming da
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -24,6 +25,15 @@ from selfsup.errors import DataError
 from selfsup.registry import Registry
 
 UNKNOWN_LABEL = -1
+
+
+def num_workers() -> int:
+    """Threads to decode or read headers on: the usable cores, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def error_reason(error: BaseException) -> str:
@@ -305,4 +315,5 @@ __all__ = [
     "describe",
     "error_reason",
     "hash_tensor",
+    "num_workers",
 ]
