@@ -19,3 +19,15 @@ def cifar10_dir() -> Path:
     if not (path / "train-000.tar").exists():
         pytest.skip(f"real CIFAR-10 shards not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    """../shared/data with FSDD (fsdd/metadata.csv + its tar) and LJ Speech (speech/ljspeech/clips.tar);
+    tests using it are skipped where they are absent."""
+    if (
+        not (SHARED_DATA / "fsdd" / "metadata.csv").exists()
+        or not (SHARED_DATA / "speech" / "ljspeech" / "clips.tar").exists()
+    ):
+        pytest.skip(f"FSDD / LJ Speech not found under {SHARED_DATA}")
+    return SHARED_DATA
