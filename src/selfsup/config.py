@@ -290,6 +290,10 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
             setattr(obj, part, _coerce(path, value, _field_type(obj, part), current))
             return
         obj = getattr(obj, part)
+        if part == "params" and isinstance(obj, dict):
+            # augment.params.crop_scale=[0.2,1] -> augment.params["crop_scale"]; checked by the factory
+            obj[".".join(parts[depth + 1 :])] = value
+            return
         if not (is_dataclass(obj) or isinstance(obj, Component)):
             raise ConfigError(f"{path!r} is a value, not a section; cannot set {dotted!r}")
 

@@ -64,6 +64,15 @@ def test_component_params_are_checked_against_the_factory() -> None:
         validate(config)
 
 
+def test_policy_params_take_dotted_keys_like_component_params() -> None:
+    config = apply_overrides(Config(), ["method=simclr", "augment.params.crop_scale=[0.2, 1.0]"])
+    assert config.augment.params == {"crop_scale": [0.2, 1.0]}
+    validate(config, "image")
+    apply_overrides(config, ["augment.params.crop_scal=0.5"])
+    with pytest.raises(ConfigError, match="augment.params"):
+        validate(config, "image")
+
+
 def test_unknown_method_and_policy_option_fail_validation() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'simclr'"):
         validate(apply_overrides(Config(), ["method=simclf"]))
