@@ -263,6 +263,19 @@ def _sync_bn_worker(rank: int, world: int, cases: list[dict]) -> list[dict]:
     return results
 
 
+def _assert_ddp_parameters_and_statistics(
+    per_rank: list[dict], reference: dict, *, grad_atol: float, stat_atol: float
+) -> None:
+    """DDP's average of the ranks' weight / bias gradients equals one process's; every rank's running
+    statistics equal one process's."""
+    for key in ("weight_grad", "bias_grad"):
+        ddp_mean = np.mean([r[key] for r in per_rank], axis=0)
+        np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=grad_atol)
+    for r in per_rank:
+        np.testing.assert_allclose(r["running_mean"], reference["running_mean"], rtol=1e-5, atol=stat_atol)
+        np.testing.assert_allclose(r["running_var"], reference["running_var"], rtol=1e-4, atol=stat_atol)
+
+
 def test_sync_batchnorm_two_ranks_equal_batchnorm_on_global_batch() -> None:
     cases = _bn_cases(3)
     results = run_in_processes(_sync_bn_worker, WORLD, cases)
@@ -277,12 +290,8 @@ def test_sync_batchnorm_two_ranks_equal_batchnorm_on_global_batch() -> None:
             np.testing.assert_allclose(y, reference["outputs"][step], rtol=1e-4, atol=1e-4)
             grad = np.concatenate([r["input_grads"][step] for r in per_rank]) / WORLD
             np.testing.assert_allclose(grad, reference["input_grads"][step], rtol=1e-4, atol=1e-5)
-        for key in ("weight_grad", "bias_grad"):
-            ddp_mean = np.mean([r[key] for r in per_rank], axis=0)
-            np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=1e-4)
+        _assert_ddp_parameters_and_statistics(per_rank, reference, grad_atol=1e-4, stat_atol=1e-5)
         for r in per_rank:
-            np.testing.assert_allclose(r["running_mean"], reference["running_mean"], rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(r["running_var"], reference["running_var"], rtol=1e-4, atol=1e-5)
             assert r["num_batches_tracked"] == reference["num_batches_tracked"] == 2
         evaluated = np.concatenate([r["eval"] for r in per_rank])
         np.testing.assert_allclose(evaluated, reference["eval"], rtol=1e-4, atol=1e-4)
@@ -424,9 +433,4 @@ def test_masked_batchnorm_two_ranks_equal_one_process_on_the_global_batch() -> N
     )
     grad = np.concatenate([r["input_grad"] for r in results]) / WORLD
     np.testing.assert_allclose(grad, reference["input_grad"], rtol=1e-4, atol=1e-6)
-    for key in ("weight_grad", "bias_grad"):
-        ddp_mean = np.mean([r[key] for r in results], axis=0)
-        np.testing.assert_allclose(ddp_mean, reference[key], rtol=1e-4, atol=1e-5)
-    for r in results:
-        np.testing.assert_allclose(r["running_mean"], reference["running_mean"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(r["running_var"], reference["running_var"], rtol=1e-5, atol=1e-6)
+    _assert_ddp_parameters_and_statistics(results, reference, grad_atol=1e-5, stat_atol=1e-6)
