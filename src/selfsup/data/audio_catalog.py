@@ -24,7 +24,6 @@ import io
 import logging
 import os
 import tarfile
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from urllib.parse import parse_qsl
 
 from selfsup.data.audio_decode import AUDIO_EXTENSIONS, is_audio_name
 from selfsup.data.base import UNKNOWN_LABEL, DataError, error_reason
+from selfsup.data.streaming import OpenFiles
 
 logger = logging.getLogger(__name__)
 
@@ -99,26 +99,13 @@ class ClipReader:
 
     def __init__(self, locations: list[Location], archives: list[Path]) -> None:
         self.locations = locations
-        self.archives = [str(p) for p in archives]
-        self._fds = [-1] * len(self.archives)
-        self._lock = threading.Lock()
-
-    def _fd(self, archive: int) -> int:
-        fd = self._fds[archive]
-        if fd < 0:
-            with self._lock:
-                if self._fds[archive] < 0:
-                    self._fds[archive] = os.open(
-                        self.archives[archive], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-                    )
-                fd = self._fds[archive]
-        return fd
+        self.archives = OpenFiles([str(p) for p in archives])
 
     def open(self, i: int) -> bytes | Path | io.RawIOBase:
         location = self.locations[i]
         if isinstance(location, tuple):
             archive, offset, size = location
-            return _MemberFile(self._fd(archive), offset, size)
+            return _MemberFile(self.archives.fd(archive), offset, size)
         return location
 
     def read(self, i: int) -> bytes:
@@ -135,21 +122,7 @@ class ClipReader:
         return data
 
     def close(self) -> None:
-        with self._lock:
-            fds, self._fds = self._fds, [-1] * len(self.archives)
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_fds"] = [-1] * len(self.archives)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.archives.close()
 
 
 def _archive_members(path: Path) -> Iterator[tuple[str, tuple[int, int] | bytes]]:
@@ -229,7 +202,7 @@ def shard_catalog(
         audio: tuple[int, int] | bytes | None = None
         cls: bytes | None = None
         groups = 0
-        reader = ClipReader([], [shard])
+        opened = OpenFiles([str(shard)])  # reads the .cls members
         try:
             for member, found in _archive_members(shard):
                 match = KEY_RE.match(member)
@@ -242,7 +215,7 @@ def shard_catalog(
                 if "." + suffix in AUDIO_EXTENSIONS:
                     audio = found
                 elif suffix == "cls":
-                    cls = found if isinstance(found, bytes) else os.pread(reader._fd(0), found[1], found[0])
+                    cls = found if isinstance(found, bytes) else os.pread(opened.fd(0), found[1], found[0])
             groups += _add_group(catalog, f"{name}/{key}", audio, cls, archive, num_classes)
         except (tarfile.TarError, OSError, EOFError) as error:
             if key is not None:
@@ -251,7 +224,7 @@ def shard_catalog(
             reason = f"unreadable tar data after {groups} samples ({error_reason(error)})"
             catalog.skipped.append((name, reason))
         finally:
-            reader.close()
+            opened.close()
     return catalog
 
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +34,7 @@ from torch import Tensor
 
 from selfsup.data.base import UNKNOWN_LABEL, Batch, DataError, DataInfo
 from selfsup.data.decode import decode_image, resize_center_crop
-from selfsup.data.streaming import StreamingDataset
+from selfsup.data.streaming import OpenFiles, StreamingDataset
 from selfsup.data.tar_index import ShardIndex, decompress_shard, index_shards, is_compressed_shard
 
 # Shards whose file descriptors stay open for the data set's lifetime. Beyond this many (a data set
@@ -71,57 +69,31 @@ class TarMemberReader(SampleReader):
     """
 
     def __init__(self, index: ShardIndex) -> None:
-        self.paths = [str(p) for p in index.shards]
+        self.shards = OpenFiles([str(p) for p in index.shards])
         self.shard = index.shard
         self.offset = index.offset
         self.size = index.size
-        self._keep_open = len(self.paths) <= MAX_OPEN_SHARDS
-        self._fds = [-1] * len(self.paths)
-        self._lock = threading.Lock()
-
-    def _open(self, path: str) -> int:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._keep_open = len(self.shards) <= MAX_OPEN_SHARDS
 
     def read(self, i: int) -> bytes:
         s, offset, size = int(self.shard[i]), int(self.offset[i]), int(self.size[i])
         if not self._keep_open:
-            fd = self._open(self.paths[s])
+            fd = self.shards.open_once(s)
             try:
                 data = os.pread(fd, size, offset)
             finally:
                 os.close(fd)
         else:
-            fd = self._fds[s]
-            if fd < 0:
-                with self._lock:
-                    if self._fds[s] < 0:
-                        self._fds[s] = self._open(self.paths[s])
-                    fd = self._fds[s]
-            data = os.pread(fd, size, offset)
+            data = os.pread(self.shards.fd(s), size, offset)
         if len(data) != size:
             raise OSError(f"short read: {len(data)} of {size} bytes (was the shard changed or truncated?)")
         return data
 
     def files(self) -> list[Path]:
-        return [Path(p) for p in self.paths]
+        return [Path(p) for p in self.shards.paths]
 
     def close(self) -> None:
-        with self._lock:
-            fds, self._fds = self._fds, [-1] * len(self.paths)
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # File descriptors and locks do not travel to another process; they are opened again there.
-        state = dict(self.__dict__)
-        state["_fds"] = [-1] * len(self.paths)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.shards.close()
 
 
 class FileReader(SampleReader):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -37,6 +38,49 @@ class Closable(Protocol):
     """What the base needs of a reader: releasing its open files (reads open them again)."""
 
     def close(self) -> None: ...
+
+
+class OpenFiles:
+    """Read-only descriptors of ``paths``, opened on first use and kept until :meth:`close`; safe to
+    use from several threads at once (readers ``os.pread`` them: the offset travels with the call, so
+    threads share a descriptor with no seek and no lock). :meth:`close` releases them (they are
+    opened again on the next use); a pickled copy carries the paths, not the descriptors."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self._fds = [-1] * len(self.paths)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def open_once(self, i: int) -> int:
+        """A fresh descriptor of ``paths[i]``, not kept: the caller closes it."""
+        return os.open(self.paths[i], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def fd(self, i: int) -> int:
+        """The kept descriptor of ``paths[i]``."""
+        fd = self._fds[i]
+        if fd < 0:
+            with self._lock:
+                if self._fds[i] < 0:
+                    self._fds[i] = self.open_once(i)
+                fd = self._fds[i]
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, [-1] * len(self.paths)
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Descriptors and locks do not travel to another process; they are opened again there.
+        return {"paths": self.paths}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["paths"])  # type: ignore[misc]
 
 
 class StreamingDataset(Dataset):
@@ -205,4 +249,4 @@ class StreamingDataset(Dataset):
         self._lock = threading.Lock()
 
 
-__all__ = ["Closable", "StreamingDataset"]
+__all__ = ["Closable", "OpenFiles", "StreamingDataset"]
