@@ -6,7 +6,7 @@ data and methods can all depend on it without depending on each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ class Views:
     crop_starts: None, or one entry per view: ``(B,)`` int64, the input position where each sample's
         view starts in the stored sample (a random crop of a long recording), for methods whose
         targets are aligned with the input (HuBERT's frame labels); None for an uncropped view.
+    aux: further tensors a policy draws for its method, by name, each with the batch first: e.g.
+        I-JEPA's target block masks ``(B, M, N)``. Randomness stays in the policy (seeded per step),
+        so the method is a deterministic function of its views.
     """
 
     inputs: list[Tensor]
@@ -40,6 +43,7 @@ class Views:
     labels: Tensor | None = None
     indices: Tensor | None = None
     crop_starts: list[Tensor | None] | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -87,8 +87,31 @@ def test_loss_is_deterministic_and_permutation_invariant(method_name: str, encod
         labels=None if views.labels is None else views.labels[order],
         indices=None if views.indices is None else views.indices[order],
         crop_starts=permute(views.crop_starts),
+        aux={name: value[order] for name, value in views.aux.items()},
     )
     torch.testing.assert_close(b(permuted, STEP).loss, loss, rtol=1e-5, atol=1e-6)
+
+
+@pairs
+def test_state_changes_only_in_on_optimizer_step(method_name: str, encoder_name: str) -> None:
+    """Buffers and frozen parameters (EMA teachers, queues, centers, prototypes' stop-gradient copies) stay
+    as they are through any number of forward/backward passes (micro-batches) and change only in
+    ``on_optimizer_step``, so gradient accumulation cannot change a method."""
+    method, policy, _, data = build_parts(method_name, encoder_name)
+    views = make_views(policy, data)
+
+    def state() -> dict[str, torch.Tensor]:
+        frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not p.requires_grad}
+        buffers = {n: b.detach().clone() for n, b in method.named_buffers() if b.is_floating_point()}
+        # BatchNorm running statistics follow every forward by design; they are not method state.
+        return {n: v for n, v in {**frozen, **buffers}.items() if not n.endswith(("running_mean", "running_var"))}
+
+    before = state()
+    for _ in range(2):
+        method(views, STEP).loss.backward()
+    after = state()
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert not changed, f"state changed outside on_optimizer_step: {changed[:5]}"
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())

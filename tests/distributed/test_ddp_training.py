@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from _launch import free_port, run_in_processes
+from tiny_data import SMALL_METHOD
 from torch import nn
 
 from selfsup import dist
@@ -39,9 +40,8 @@ def _build(method_name: str, modality: str) -> nn.Module:
     torch.manual_seed(0)
     name, options = ENCODER_FOR[modality]
     encoder = ENCODERS.create(name, **options)
-    return METHODS.get(method_name)(
-        encoder=encoder, hidden_dim=32, projection_dim=16, **OPTIONS.get(method_name, {})
-    )
+    options = {**SMALL_METHOD.get(method_name, {}), **OPTIONS.get(method_name, {})}
+    return METHODS.get(method_name)(encoder=encoder, **options)
 
 
 def _global_views(step: int, modality: str) -> list[torch.Tensor]:

@@ -52,7 +52,9 @@ class Encoder(nn.Module):
 
     ``forward(x, *, padding_mask=None, mask=None)``: ``mask`` (``(B, N)`` bool, True where a
     token is masked) is for masked-modelling methods and applies as ``mask_mode`` says; encoders
-    whose ``mask_mode`` is ``"none"`` raise if given one. ``padding_mask`` (``(B, T)`` bool, True
+    whose ``mask_mode`` is ``"none"`` raise if given one. An encoder that can apply a mask in several
+    ways lists them in ``mask_modes`` and takes ``forward(..., mask_mode=...)`` to choose one per call
+    (``mask_mode`` is then the default). ``padding_mask`` (``(B, T)`` bool, True
     at padded input positions) is for variable-length inputs; the returned
     ``EncoderOutput.padding_mask`` marks the padded *output* positions, and ``pooled`` averages
     only the others.
@@ -62,6 +64,9 @@ class Encoder(nn.Module):
     num_layers: int
     modality: str
     mask_mode: str = "none"
+    # Every mask mode forward accepts as ``mask_mode=`` (a ViT drops tokens for MAE / I-JEPA and replaces
+    # them for data2vec / iBOT); empty means only ``mask_mode``.
+    mask_modes: tuple[str, ...] = ()
     token_grid: tuple[int, ...] | None = None
     frame_rate: float | None = None
 
@@ -161,6 +166,11 @@ def check_image_batch(x: Tensor, in_channels: int) -> None:
         raise TypeError(f"expected a floating-point image batch, got {x.dtype}; normalize uint8 images first")
 
 
+def supported_mask_modes(encoder: Encoder) -> tuple[str, ...]:
+    """The mask modes ``encoder`` can apply: its ``mask_modes``, else its single ``mask_mode``."""
+    return tuple(getattr(encoder, "mask_modes", ())) or (getattr(encoder, "mask_mode", "none"),)
+
+
 def missing_capabilities(encoder: Encoder, needs: tuple[str, ...]) -> list[str]:
     """What ``encoder`` lacks of ``needs``, the capabilities a method or view policy declares in its
     registry metadata (``needs=...``): an attribute name (``"local_features"``, ``"contextualize"``,
@@ -168,7 +178,7 @@ def missing_capabilities(encoder: Encoder, needs: tuple[str, ...]) -> list[str]:
     missing = []
     for need in needs:
         if need.startswith("mask:"):
-            if getattr(encoder, "mask_mode", "none") != need.removeprefix("mask:"):
+            if need.removeprefix("mask:") not in supported_mask_modes(encoder):
                 missing.append(f"mask_mode {need.removeprefix('mask:')!r}")
         elif getattr(encoder, need, None) is None:
             missing.append(need)
