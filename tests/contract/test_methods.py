@@ -104,7 +104,8 @@ def test_state_changes_only_in_on_optimizer_step(method_name: str, encoder_name:
         frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not p.requires_grad}
         buffers = {n: b.detach().clone() for n, b in method.named_buffers() if b.is_floating_point()}
         # BatchNorm running statistics follow every forward by design; they are not method state.
-        return {n: v for n, v in {**frozen, **buffers}.items() if not n.endswith(("running_mean", "running_var"))}
+        statistics = ("running_mean", "running_var")
+        return {n: v for n, v in {**frozen, **buffers}.items() if not n.endswith(statistics)}
 
     before = state()
     for _ in range(2):
