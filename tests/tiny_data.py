@@ -43,12 +43,36 @@ SMALL_ENCODER: dict[str, dict[str, Any]] = {
     },
     "byol_a_cnn": {"embed_dim": 32, "channels": 8, "dropout": 0.0},
     "audio_spt": {"embed_dim": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "n_mels": 32},
+    # ViTs at test size: 2 blocks of width 32 on the 16-px tiny images, patch 4 (a 4x4 grid).
+    "vit_tiny": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
+    "vit_small": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
+    "vit_base": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
 }
 SMALL_METHOD: dict[str, dict[str, Any]] = {
+    "dino": {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8},
+    "dinov2": {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "ibot_out_dim": 12},
     "simclr": {"hidden_dim": 32, "projection_dim": 16},
     "byol": {"hidden_dim": 32, "projection_dim": 16},
+    "mocov2": {"hidden_dim": 32, "projection_dim": 16, "queue_size": 16},
+    "mocov3": {"hidden_dim": 32, "projection_dim": 16},
+    "nnclr": {"hidden_dim": 32, "projection_dim": 16, "predictor_hidden_dim": 32, "queue_size": 16},
+    "dcl": {"hidden_dim": 32, "projection_dim": 16},
+    "barlow_twins": {"hidden_dim": 32, "projection_dim": 16},
+    "vicreg": {"hidden_dim": 32, "projection_dim": 16},
+    "simsiam": {"hidden_dim": 32, "projection_dim": 16, "predictor_hidden_dim": 8},
     "wav2vec2": {"final_dim": 16, "num_codes": 8, "num_negatives": 5, "feature_dropout": 0.0},
     "hubert": {"num_clusters": 8, "final_dim": 16, "kmeans_n_init": 1},
+    "swav": {
+        "hidden_dim": 32,
+        "projection_dim": 16,
+        "num_prototypes": 8,
+        "queue_size": 16,
+        "freeze_prototypes_steps": 1,
+    },
+    "wmse": {"hidden_dim": 32, "projection_dim": 4, "whiten_size": 0},
+    "lejepa": {"hidden_dim": 32, "projection_dim": 16, "num_slices": 32},
+    "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
+    "ijepa": {"predictor_dim": 16, "predictor_depth": 1},
 }
 
 

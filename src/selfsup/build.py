@@ -135,8 +135,10 @@ def build_method(
     factory = METHODS.get(name)
     needs = tuple(METHODS.metadata(name).get("needs", ()))
     _check_fits(f"method {name!r}", needs, encoder, config)
-    if not any(need.startswith("mask:") for need in needs):
-        for parameter in encoder.mask_parameters():  # unused without masking: frozen, not left gradient-less
+    if "mask:replace" not in needs:
+        # The mask embedding is used only where masked tokens are replaced (dropping them, as MAE does, needs
+        # none): frozen otherwise, not left without a gradient (which would stall DDP).
+        for parameter in encoder.mask_parameters():
             parameter.requires_grad_(False)
     given = {"info": info, "dataset": dataset, "transform": transform, "run_dir": run_dir}
     available = {k: v for k, v in given.items() if v is not None}

@@ -84,7 +84,8 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     x = make_input(encoder, 4)
     mask = None
     if encoder.mask_mode != "none":  # the mask embedding is trained only where tokens are masked
-        tokens = encoder(x).last_hidden_state.shape[1]
+        # The mask covers the patch tokens, not the class / register tokens in front of them.
+        tokens = encoder(x).last_hidden_state.shape[1] - getattr(encoder, "num_prefix_tokens", 0)
         mask = torch.rand(4, tokens, generator=torch.Generator().manual_seed(2)) < 0.5
     out = encoder(x, mask=mask)
     # A random projection, not a plain sum: the sum of a train-mode BatchNorm output over the

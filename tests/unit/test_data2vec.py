@@ -254,7 +254,7 @@ def test_defaults_are_fairseqs_audio_base() -> None:
         0.01,
         5000,
     )
-    assert Data2Vec.default_view_policies == {"audio": "speech_mask"}
+    assert Data2Vec.default_view_policies["audio"] == "speech_mask"
 
 
 @pytest.mark.parametrize("split", [True, False], ids=["ffn_outputs", "block_outputs"])

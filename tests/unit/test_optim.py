@@ -156,3 +156,13 @@ def test_build_lars_and_unknown_name() -> None:
     assert [(g["eta"], g["lars_exclude"]) for g in opt.param_groups] == [(0.002, False), (0.002, True)]
     with pytest.raises(ValueError, match=r"Did you mean 'lars'\?.*Valid: adamw, lars, sgd"):
         build_optimizer("lasr", _net(), lr=1.0, weight_decay=0.0)
+
+
+def test_fixed_lr_groups_keep_their_base_rate() -> None:
+    """SimSiam's fixed predictor rate: the schedule moves the other groups, never a ``fixed_lr`` one."""
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    groups = [{"params": list(a.parameters())}, {"params": list(b.parameters()), "fixed_lr": True}]
+    opt = build_optimizer("sgd", groups, lr=0.05, weight_decay=0.0)
+    for lr in (0.0, 0.01, 0.2):
+        set_learning_rate(opt, lr)
+        assert [g["lr"] for g in opt.param_groups] == [lr, 0.05]

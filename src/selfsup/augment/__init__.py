@@ -6,6 +6,8 @@ are in :mod:`selfsup.augment.functional`, the vector ones in :mod:`selfsup.augme
 """
 
 from selfsup.augment import audio as _audio  # noqa: F401  (registers the audio view policies)
+from selfsup.augment import image_masks as _image_masks  # noqa: F401  (registers the masking policies)
+from selfsup.augment import multicrop as _multicrop  # noqa: F401  (registers dino, swav, dinov2)
 from selfsup.augment import policies as _policies  # noqa: F401  (registers the image view policies)
 from selfsup.augment import supervised as _supervised  # noqa: F401  (registers the supervised policies)
 from selfsup.augment import vector as _vector  # noqa: F401  (registers the vector view policies)

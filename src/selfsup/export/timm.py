@@ -1,4 +1,6 @@
-"""The ``timm`` format: our ResNet-18/50 (ImageNet stem, width 64) as timm's ``resnet18`` / ``resnet50``.
+"""The ``timm`` format: our ResNet-18/50 (ImageNet stem, width 64) as timm's ``resnet18`` / ``resnet50``, and
+our ViTs (``vit_tiny`` / ``vit_small`` / ``vit_base``, any patch size, registers, pooling) as timm's
+``VisionTransformer``.
 
 timm's ResNet (``timm/models/resnet.py``, huggingface/pytorch-image-models; itself torchvision's
 layout) names its modules ``conv1``, ``bn1``, ``act1``, ``maxpool``, ``layer1`` … ``layer4``,
@@ -29,6 +31,21 @@ state dict loads with ``strict=True`` into ``timm.create_model("resnet18", num_c
 ``num_features``, ``pretrained_cfg`` with ``input_size``, ``mean``, ``std``, ``interpolation``,
 ``crop_pct``), using only fields of timm's ``PretrainedCfg``.
 
+**ViTs.** :class:`~selfsup.encoders.vit.VisionTransformer` already uses timm's parameter names
+(``cls_token``, ``reg_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.{norm1, attn.qkv, attn.proj,
+ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}``, ``norm``) and timm's ``pos_embed`` layout (a class-token
+position without registers, ``no_embed_class=True`` with them), so the export drops ``mask_token`` (timm has
+none) and keeps every other key. A ViT on 32 px images at patch 4 is no registered timm model, so
+``config.json`` names the nearest registered one (``vit_{tiny,small,base}_patch16_224``, by width) as
+``architecture`` and gives in ``model_args`` what timm's ``VisionTransformer`` needs to rebuild ours:
+``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``qkv_bias``,
+``class_token``, ``reg_tokens``, ``no_embed_class``, ``global_pool`` (``"token"`` for ``pool="cls"``;
+``"avg"`` with ``fc_norm=False`` for ``pool="mean"``: the final norm before an average over the patch
+tokens, as ours, rather than timm's default norm after the average), ``init_values`` with LayerScale, and
+``dynamic_img_size=True`` (the position table is resized bicubically, antialiased, to each input's grid,
+as our encoder does). timm's ``create_model('local-dir:DIR', pretrained=True)`` reads exactly these
+``model_args``. ``pos_embed="sincos"`` tables export as timm's (learned) ``pos_embed`` with the same values.
+
 Encoders without a timm equivalent (the CIFAR stem, other widths, ``small_cnn``, ``mlp``) are
 refused with the formats that do work. timm itself cannot be installed here (it needs
 torchvision): the tests load the export into a reference module with timm's module structure.
@@ -45,6 +62,8 @@ from torch import Tensor
 from selfsup.augment.base import ImageTransform
 from selfsup.encoders import Encoder
 from selfsup.encoders.image import BasicBlock, Bottleneck, ResNet
+from selfsup.encoders.vit import SIZES as VIT_SIZES
+from selfsup.encoders.vit import VisionTransformer
 from selfsup.errors import ConfigError
 from selfsup.export.base import EXPORT_DIR, EXPORTERS, write_json
 from selfsup.io import save_tensors_atomic
@@ -67,11 +86,15 @@ _STAGE_KEY = re.compile(r"stages\.(\d+)\.(\d+)\.([a-z_]+\d*)\.(.+)")
 
 
 def timm_unsupported_reason(encoder: Encoder) -> str | None:
-    """Why ``encoder`` has no timm equivalent (None when it is timm's resnet18 or resnet50)."""
+    """Why ``encoder`` has no timm equivalent (None when it is timm's resnet18 or resnet50 or a ViT)."""
+    if isinstance(encoder, VisionTransformer):
+        if encoder.in_channels != 3:
+            return f"{encoder.in_channels} input channels (the timm export describes RGB input)"
+        return None
     if not isinstance(encoder, ResNet):
         return (
             f"{type(encoder).__name__} has no timm equivalent (timm export covers ResNet-18 and "
-            "ResNet-50 with the ImageNet stem)"
+            "ResNet-50 with the ImageNet stem, and the ViTs)"
         )
     if encoder.stem_kind != "imagenet":
         return (
@@ -90,12 +113,44 @@ def timm_unsupported_reason(encoder: Encoder) -> str | None:
 
 
 def timm_architecture(encoder: Encoder) -> str:
-    """timm's model name for ``encoder`` (``resnet18`` or ``resnet50``); ConfigError otherwise."""
+    """timm's model name for ``encoder`` (``resnet18``, ``resnet50``, or for a ViT the registered
+    ``vit_{tiny,small,base}_patch16_224`` nearest in width, completed by :func:`timm_model_args`);
+    ConfigError otherwise."""
     reason = timm_unsupported_reason(encoder)
     if reason is not None:
         raise ConfigError(f"cannot export as timm: {reason}")
+    if isinstance(encoder, VisionTransformer):
+        size = min(VIT_SIZES, key=lambda name: abs(VIT_SIZES[name]["embed_dim"] - encoder.embed_dim))
+        return f"{size}_patch16_224"
     assert isinstance(encoder, ResNet)
     return TIMM_ARCHITECTURES[(type(encoder.stages[0][0]), tuple(len(s) for s in encoder.stages))]
+
+
+def timm_model_args(encoder: Encoder) -> dict[str, Any]:
+    """The keyword arguments of ``timm.create_model(architecture, ...)`` that rebuild ``encoder`` (none for
+    the ResNets; for a ViT every structural argument of timm's ``VisionTransformer``)."""
+    timm_architecture(encoder)
+    if not isinstance(encoder, VisionTransformer):
+        return {}
+    args: dict[str, Any] = {
+        "img_size": list(encoder.image_size),
+        "patch_size": encoder.patch_size,
+        "embed_dim": encoder.embed_dim,
+        "depth": encoder.num_layers,
+        "num_heads": encoder.num_heads,
+        "mlp_ratio": encoder.mlp_ratio,
+        "qkv_bias": encoder.qkv_bias,
+        "class_token": encoder.has_class_token,
+        "reg_tokens": encoder.num_registers,
+        "no_embed_class": encoder.no_embed_class,
+        "global_pool": "token" if encoder.pool == "cls" else "avg",
+        "dynamic_img_size": True,
+    }
+    if encoder.pool == "mean":
+        args["fc_norm"] = False  # our final norm comes before the average, timm's "avg" default after it
+    if encoder.layer_scale is not None:
+        args["init_values"] = encoder.layer_scale
+    return args
 
 
 def timm_key(key: str) -> str:
@@ -112,8 +167,11 @@ def timm_key(key: str) -> str:
 
 
 def to_timm_state_dict(encoder: Encoder) -> dict[str, Tensor]:
-    """The state dict of timm's headless ``resnet18`` / ``resnet50`` (``num_classes=0``: no ``fc``)."""
+    """The state dict of timm's headless model (``num_classes=0``: no ``fc`` / ``head``): ResNet keys
+    renamed; a ViT's as they are, without ``mask_token``."""
     timm_architecture(encoder)
+    if isinstance(encoder, VisionTransformer):
+        return {key: value for key, value in encoder.state_dict().items() if key != "mask_token"}
     return {timm_key(key): value for key, value in encoder.state_dict().items()}
 
 
@@ -155,13 +213,20 @@ def timm_config(model: Pretrained, architecture: str) -> dict[str, Any]:
             f"selfsup {model.config.method.name} pretraining of {architecture} on {model.config.data.source}"
         ),
     }
-    return {
+    config: dict[str, Any] = {
         "architecture": architecture,
         "num_classes": 0,
         "num_features": int(model.encoder.embed_dim),
         "global_pool": "avg",
-        "pretrained_cfg": pretrained_cfg,
     }
+    if isinstance(model.encoder, VisionTransformer):
+        # timm's ViT configs have no pool_size; the stem and classifier are named as timm's _cfg names them.
+        del pretrained_cfg["pool_size"]
+        pretrained_cfg.update(first_conv="patch_embed.proj", classifier="head", fixed_input_size=False)
+        config["model_args"] = timm_model_args(model.encoder)
+        config["global_pool"] = config["model_args"]["global_pool"]
+    config["pretrained_cfg"] = pretrained_cfg
+    return config
 
 
 def _supports(model: Pretrained) -> str | None:
@@ -175,17 +240,36 @@ def _supports(model: Pretrained) -> str | None:
 def export_timm(model: Pretrained, directory: Path) -> dict[str, Any]:
     """timm-compatible state dict (headless resnet18 / resnet50) and a timm-style config.json."""
     architecture = timm_architecture(model.encoder)
+    model_args = timm_model_args(model.encoder)
     save_tensors_atomic(directory / WEIGHTS, to_timm_state_dict(model.encoder), metadata={"format": "pt"})
     write_json(directory / CONFIG, timm_config(model, architecture))
+    if not model_args:
+        return {
+            "architecture": architecture,
+            "files": {
+                WEIGHTS: f"state dict of timm's {architecture} with num_classes=0 (no fc)",
+                CONFIG: "timm pretrained_cfg: input_size, mean, std, interpolation, crop_pct",
+            },
+            "usage": (
+                "import timm, safetensors.torch\n"
+                f"model = timm.create_model('{architecture}', num_classes=0)  # headless: pooled features\n"
+                f"model.load_state_dict(safetensors.torch.load_file('{EXPORT_DIR}/{WEIGHTS}'))  # strict\n"
+                "# inputs: RGB resized to pretrained_cfg.input_size, normalised with its mean and std"
+            ),
+        }
+    arguments = ", ".join(f"{key}={value!r}" for key, value in model_args.items())
     return {
         "architecture": architecture,
+        "model_args": model_args,
         "files": {
-            WEIGHTS: f"state dict of timm's {architecture} with num_classes=0 (no fc)",
-            CONFIG: "timm pretrained_cfg: input_size, mean, std, interpolation, crop_pct",
+            WEIGHTS: f"state dict of timm's VisionTransformer ({architecture} + model_args), no head",
+            CONFIG: "timm Hub config: architecture, model_args, pretrained_cfg (input_size, mean, std, ...)",
         },
         "usage": (
             "import timm, safetensors.torch\n"
-            f"model = timm.create_model('{architecture}', num_classes=0)  # headless: pooled features\n"
+            f"model = timm.create_model('local-dir:{EXPORT_DIR}', pretrained=True)  # reads model_args\n"
+            "# or, with any timm version:\n"
+            f"model = timm.create_model('{architecture}', num_classes=0, {arguments})\n"
             f"model.load_state_dict(safetensors.torch.load_file('{EXPORT_DIR}/{WEIGHTS}'))  # strict\n"
             "# inputs: RGB resized to pretrained_cfg.input_size, normalised with its mean and std"
         ),

@@ -122,3 +122,183 @@ def nt_xent(
         is_self.scatter_(1, self_column[:, None], True)
         logits = logits.masked_fill(is_self, float("-inf"))
         return F.cross_entropy(logits, positive_column)
+
+
+def _check_temperature(temperature: float, name: str = "temperature") -> float:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {temperature!r}")
+    return float(temperature)
+
+
+def info_nce(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor | None = None,
+    temperature: float = 0.2,
+    *,
+    offset: int = 0,
+) -> Tensor:
+    """MoCo's query-key InfoNCE (He et al., 2020, eq. 1; Chen, Xie & He, 2021, MoCo v3).
+
+    Two forms, chosen by ``queue``:
+
+    * **With a queue** (MoCo v1/v2): ``q`` and ``k`` are ``(B, D)`` and aligned (``k[i]`` is the positive
+      key of ``q[i]``); ``queue`` ``(K, D)`` holds the negatives. The logits of query ``i`` are
+      ``[q̂_i·k̂_i, q̂_i·queue_1, ..., q̂_i·queue_K] / τ`` and the target is column 0.
+    * **Without a queue** (MoCo v3): ``k`` is ``(N, D)``, the keys of the global batch gathered from all
+      processes in rank order (``N >= B``; ``k = keys`` and ``offset = 0`` in one process). The positive of
+      ``q[i]`` is ``k[offset + i]``, every other key is a negative: logits ``q̂ k̂ᵀ / τ`` ``(B, N)``.
+
+    Args:
+        q: ``(B, D)`` queries; L2-normalized here.
+        k: ``(B, D)`` positive keys (with a queue) or ``(N, D)`` all keys (without); L2-normalized here.
+            Gradients flow to ``q`` and ``k`` wherever they require them (MoCo's keys come from the
+            momentum encoder without gradients; NNCLR's "keys" are its predictions, with gradients).
+        queue: ``(K, D)`` negatives, used **as given**: their rows must already be unit vectors, as MoCo
+            stores them (keys are normalized when enqueued, and the random initial queue is normalized
+            once), so nothing is normalized twice. Detached here.
+        temperature: ``τ > 0`` (MoCo v2 and the issue's default: 0.2).
+        offset: without a queue, the index of this process's first query among the keys
+            (``rank · B``); must be 0 with a queue.
+
+    Returns:
+        Scalar mean cross-entropy over the ``B`` queries, in fp32 (float64 for float64 inputs), with
+        autocast off inside. With ``offset = rank · B`` and DDP's gradient average, N processes equal one
+        process on the global batch (the keys carry no gradient in MoCo; NNCLR gathers its keys with
+        ``selfsup.dist.all_gather_with_grad``).
+
+    Relation to the authors' code: facebookresearch/moco ``moco/builder.py`` (``MoCo.forward``: logits
+    ``[l_pos, l_neg] / T`` with ``F.normalize`` on q and k and the queue stored normalized) and
+    facebookresearch/moco-v3 ``moco/builder.py`` (``contrastive_loss``). The latter returns
+    ``CE · 2τ``; that factor is **not** applied here (the MoCo v3 method multiplies by it, as the authors
+    do). We normalize with :func:`l2_normalize` (floor on the squared norm, as ``nt_xent``) where they use
+    ``F.normalize`` (floor on the norm): equal except for vectors of norm below 1e-6.
+    """
+    temperature = _check_temperature(temperature)
+    for t, name in ((q, "q"), (k, "k")):
+        if t.ndim != 2:
+            raise ValueError(f"{name} must be (rows, D) embeddings, got shape {tuple(t.shape)}")
+        if not torch.is_floating_point(t):
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+    if q.shape[0] == 0:
+        raise ValueError("q is an empty batch")
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"k has dimension {k.shape[1]} but q has {q.shape[1]}")
+    batch = q.shape[0]
+    if queue is not None:
+        if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+            raise ValueError(f"queue must be (K, {q.shape[1]}), got shape {tuple(queue.shape)}")
+        if k.shape != q.shape:
+            raise ValueError(
+                f"with a queue, k must be aligned with q (the positive key of each query): got k "
+                f"{tuple(k.shape)} for q {tuple(q.shape)}"
+            )
+        if offset != 0:
+            raise ValueError(f"offset={offset} is only meaningful without a queue (MoCo v3's gathered keys)")
+    elif not 0 <= offset <= k.shape[0] - batch:
+        raise ValueError(
+            f"offset={offset} does not place {batch} queries inside {k.shape[0]} keys; "
+            "use offset = rank * local_batch_size"
+        )
+
+    dtype = compute_dtype(q)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        qn = l2_normalize(q.to(dtype))
+        kn = l2_normalize(k.to(dtype))
+        if queue is None:
+            logits = qn @ kn.T / temperature  # (B, N)
+            target = torch.arange(batch, device=q.device) + offset
+        else:
+            positive = (qn * kn).sum(dim=-1, keepdim=True)  # (B, 1)
+            negative = qn @ queue.detach().to(dtype).T  # (B, K)
+            logits = torch.cat([positive, negative], dim=1) / temperature
+            target = torch.zeros(batch, dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, target)
+
+
+def dcl(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float = 0.1,
+    *,
+    weight_sigma: float | None = None,
+    z1_all: Tensor | None = None,
+    z2_all: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """Decoupled Contrastive Learning (Yeh et al., ECCV 2022, eq. 6): NT-Xent without the positive in
+    the denominator; with ``weight_sigma``, DCLW's negative von Mises-Fisher weighting of the positive.
+
+    For the anchor ``a = ẑ1_i`` (and symmetrically ``ẑ2_i``), with ``p = ẑ2_i`` its positive::
+
+        ℓ(a) = -w_i · a·p / τ + log Σ_{c ∈ negatives(a)} exp(a·c / τ)
+
+    where the negatives are the ``2N - 2`` candidates of ``[z1_all; z2_all]`` other than the anchor itself
+    and its positive (NT-Xent's denominator also contains the positive). ``w_i = 1`` for DCL; for DCLW
+    ``w_i = 2 - N · softmax_j(ẑ1_j·ẑ2_j / σ)_i`` over the ``N`` samples of the global batch (so the
+    weights average to 1), **detached**: a per-sample coefficient, not an objective.
+
+    Args:
+        z1, z2: ``(B, D)`` projections of the two views of this process's samples; L2-normalized here.
+        temperature: ``τ > 0``; 0.1 in the DCL paper's SimCLR experiments and lightly's default.
+        weight_sigma: None for DCL; ``σ > 0`` for DCLW (0.5 in the paper).
+        z1_all, z2_all, offset: the global batch gathered with gradients and this rank's offset, exactly as
+            in :func:`nt_xent`.
+
+    Returns:
+        Scalar fp32 loss (float64 for float64 inputs): the mean of ``ℓ`` over the ``2B`` local anchors.
+        It can be negative (no positive in the denominator).
+
+    Relation to reference code (the paper's authors released none): lightly ``lightly/loss/dcl_loss.py``
+    (``DCLLoss`` / ``DCLWLoss`` with ``negative_mises_fisher_weights``) returns ``0.5 · (loss0 + loss1)``,
+    the same value and gradient as here in one process (it also detaches the weights). Under DDP it
+    computes the DCLW weights over the local batch only; here they come from the global batch, so N
+    processes equal one process. raminnakhli/Decoupled-Contrastive-Learning ``loss/dcl.py`` (which lightly
+    follows) is called as ``l(z1, z2) + l(z2, z1)`` in its training script: twice our value, and its weight
+    is not detached.
+    """
+    check_embeddings(z1, z2, ("z1", "z2"))
+    temperature = _check_temperature(temperature)
+    if weight_sigma is not None:
+        weight_sigma = _check_temperature(weight_sigma, "weight_sigma")
+    batch = z1.shape[0]
+    if (z1_all is None) != (z2_all is None):
+        raise ValueError("pass both z1_all and z2_all (the gathered global batch) or neither")
+    if z1_all is None or z2_all is None:
+        if offset != 0:
+            raise ValueError(f"offset={offset} needs z1_all and z2_all (the gathered global batch)")
+        z1_all, z2_all = z1, z2
+    else:
+        check_embeddings(z1_all, z2_all, ("z1_all", "z2_all"))
+        if z1_all.shape[1] != z1.shape[1]:
+            raise ValueError(f"z1_all has dimension {z1_all.shape[1]} but z1 has {z1.shape[1]}")
+        if not 0 <= offset <= z1_all.shape[0] - batch:
+            raise ValueError(
+                f"offset={offset} does not place {batch} local rows inside a global batch of "
+                f"{z1_all.shape[0]}; use offset = rank * local_batch_size"
+            )
+    total = z1_all.shape[0]
+    if total < 2:
+        raise ValueError("DCL needs at least 2 samples in the (global) batch: one has no negatives")
+
+    dtype = compute_dtype(z1)
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        anchors = l2_normalize(torch.cat([z1, z2]).to(dtype))  # (2B, D)
+        candidates = l2_normalize(torch.cat([z1_all, z2_all]).to(dtype))  # (2N, D)
+        logits = anchors @ candidates.T / temperature  # (2B, 2N)
+        local = torch.arange(batch, device=z1.device) + offset
+        self_column = torch.cat([local, local + total])
+        positive_column = torch.cat([local + total, local])
+        positive = logits.gather(1, positive_column[:, None]).squeeze(1)  # (2B,)
+        excluded = torch.zeros_like(logits, dtype=torch.bool)
+        excluded.scatter_(1, self_column[:, None], True)
+        excluded.scatter_(1, positive_column[:, None], True)
+        negative = torch.logsumexp(logits.masked_fill(excluded, float("-inf")), dim=1)  # (2B,)
+        if weight_sigma is not None:
+            with torch.no_grad():
+                n1, n2 = candidates[:total], candidates[total:]
+                similarity = (n1 * n2).sum(dim=-1) / weight_sigma  # (N,)
+                weights = 2.0 - total * torch.softmax(similarity, dim=0)
+                weights = weights[local].repeat(2)
+            positive = positive * weights
+        return (negative - positive).mean()

@@ -23,8 +23,18 @@ base_librispeech.yaml``):
   teacher pass: no dropout, no layer drop).
 * **Which tensor per layer.** fairseq audio takes ``layer_results[i][2]``: the FFN output (``fc2``) before
   dropout and the residual; encoders exposing ``contextualize(...).ffn_outputs`` give exactly that
-  (``target_layer="ffn"``). The generic path uses the block outputs ``hidden_states[1:]``
-  (``target_layer="block"``), which is fairseq vision's default (``end_of_block_targets=True``).
+  (``target_layer="ffn"``). The generic path uses the block outputs (``target_layer="block"``), which is
+  fairseq vision's default (``end_of_block_targets=True``: ``layer_results="end"``, each block's output,
+  class token dropped): ``encoder.block_outputs(x, padding_mask=...)`` when the encoder offers it (every
+  block's output before the final norm, exactly fairseq's), else ``hidden_states[1:]`` (whose last entry
+  is, for our ViT, after the final LayerNorm: a difference in the top target layer only).
+* **Vision (ViT).** The ``masked_image`` view policy (BEiT block masking, 60% of the patches, data2vec's
+  paper); the student replaces masked patches by the ViT's ``mask_token`` (``mask_mode="replace"``, as
+  fairseq's ``mask_emb``); fairseq's data2vec v1 vision recipe (``config/vision/pretraining/
+  base_imagenet_d2v1.yaml`` + ``Data2VecVisionConfig``) is ``top_k=6``, ``instance_norm_target_layer=false``,
+  ``layer_norm_targets=true``, ``loss_beta=2``, ``ema_end_decay=0.9998`` (recipe
+  ``data2vec_vit_cifar10.yaml``). **Difference:** fairseq vision regresses the student's final output
+  directly (its ``final_proj`` is unused there); here the same linear ``head`` as for audio is kept.
 * **Normalisation.** Audio: instance norm of each layer over time (``instance_norm_target_layer=True``),
   nothing after the average. Text: ``layer_norm_target_layer``; vision v1: ``layer_norm_targets``, top 6,
   ``loss_beta=2``. **Difference:** padded frames are excluded from the instance-norm statistics (fairseq
@@ -122,7 +132,7 @@ class Data2Vec(Method):
         var_check_after: the thresholds apply once more than this many updates were made.
     """
 
-    default_view_policies: ClassVar[dict[str, str]] = {"audio": "speech_mask"}
+    default_view_policies: ClassVar[dict[str, str]] = {"audio": "speech_mask", "image": "masked_image"}
 
     def __init__(
         self,
@@ -248,8 +258,14 @@ class Data2Vec(Method):
     def _encode(self, x: Tensor, padding: Tensor | None, mask: Tensor) -> tuple[EncoderOutput, list[Tensor]]:
         """The student's output on the masked input and the teacher's layer outputs on the unmasked one."""
         if not self._split:
-            student = self.encoder(x, padding_mask=padding, mask=mask)
+            # An encoder with several mask modes (a ViT drops or replaces) is asked to replace.
+            modes = {"mask_mode": "replace"} if len(getattr(self.encoder, "mask_modes", ())) > 1 else {}
+            student = self.encoder(x, padding_mask=padding, mask=mask, **modes)
             with torch.no_grad():
+                block_outputs = getattr(self.teacher.module, "block_outputs", None)
+                if block_outputs is not None:
+                    # fairseq vision's "end" targets: every block's output before any final norm.
+                    return student, list(block_outputs(x, padding_mask=padding))
                 teacher = self.teacher(x, padding_mask=padding)
             return student, list(teacher.hidden_states[1:])
         encoder: Any = self.encoder

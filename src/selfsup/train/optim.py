@@ -190,7 +190,9 @@ def build_optimizer(
 
 
 def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
-    """Set every group's learning rate to ``lr * group["lr_scale"]`` (scale 1.0 when absent).
+    """Set every group's learning rate to ``lr * group["lr_scale"]`` (scale 1.0 when absent), except groups
+    marked ``fixed_lr``, which keep the base rate :func:`build_optimizer` gave them for the whole run, without
+    warm-up or decay (SimSiam's predictor, the authors' ``--fix-pred-lr``).
 
     A tensor-valued ``lr`` (capturable/fused optimizers) is filled in place so CUDA graphs that
     captured it see the new value.
@@ -198,6 +200,8 @@ def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
     if not math.isfinite(lr) or lr < 0:
         raise ValueError(f"learning rate must be a finite number >= 0, got {lr}")
     for group in optimizer.param_groups:
+        if group.get("fixed_lr"):
+            continue
         value = lr * group.get("lr_scale", 1.0)
         if isinstance(group["lr"], Tensor):
             group["lr"].fill_(value)

@@ -1,0 +1,200 @@
+"""The vision method zoo on CPU: every image method at one wall-clock budget on a CIFAR-10 subset.
+
+Each method pretrains its CPU setting (``CPU_SETTINGS``: the method's defaults with heads sized for a small
+encoder) for ``--budget`` seconds: a short calibration run measures seconds per step, then ``train.steps``
+is set so that the schedules (learning rate, EMA momentum, teacher temperature) complete within the budget
+(``train.time_limit_s`` stops a run that would overrun). Then kNN (k=20, T=0.07) and the linear probe grid
+on the CIFAR-10 test set, beside the same encoder at random initialisation and the raw pixels through the
+same probes. ``--seeds`` repeats pretraining (and nothing else) with other seeds.
+
+    python bench/vision_zoo.py --budget 300 --out runs/vision_zoo
+    python bench/vision_zoo.py --methods simclr dino --seeds 0 1 2 --out runs/vision_zoo
+    python bench/vision_zoo.py --data ../shared/data/images/imagenette64/train-*.tar \\
+        --test ../shared/data/images/imagenette64/val-*.tar --methods simclr byol dino mae --out runs/zoo_inet
+
+Results accumulate in ``OUT/vision_zoo.json`` (runs already measured are kept) and are written to
+``bench/RESULTS.md`` unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import machine
+
+from selfsup.api import load, pretrain
+from selfsup.eval.knn import KNNProbe
+from selfsup.eval.protocols import evaluate_knn, evaluate_linear, raw_inputs
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR_TRAIN = str(SHARED / "cifar10" / "train-000.tar")
+CIFAR_TEST = str(SHARED / "cifar10" / "test-000.tar")
+
+CONV = ["encoder=small_cnn", "encoder.width=32"]
+VIT = ["encoder=vit_tiny", "encoder.patch_size=4", "encoder.depth=6"]
+# Each method's CPU setting: its defaults, with projection heads sized for a 256-wide encoder.
+CPU_SETTINGS: dict[str, list[str]] = {
+    "simclr": [*CONV, "method.temperature=0.5"],
+    "byol": [*CONV, "method.hidden_dim=1024"],
+}
+COMMON = ["train.batch_size=256", "train.progress=false", "train.knn_every=0", "train.precision=fp32"]
+CALIBRATION_STEPS = 6
+
+
+def encoder_of(method: str) -> list[str]:
+    return [o for o in CPU_SETTINGS[method] if o.startswith("encoder")]
+
+
+def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """Calibrate seconds per step, then pretrain for the budget. (run dir, summary)."""
+    base = [*COMMON, *CPU_SETTINGS[method], f"method={method}", f"train.seed={seed}"]
+    base.append(f"data.cache_dir={Path(args.out) / 'cache'}")
+    if not (out / "summary.json").exists():
+        probe = out.parent / f"{out.name}-calibrate"
+        if not (probe / "summary.json").exists():
+            pretrain(data=args.data, out=str(probe), steps=CALIBRATION_STEPS, overrides=base)
+        calibration = json.loads((probe / "summary.json").read_text())
+        per_step = float(calibration["wall_seconds"]) / CALIBRATION_STEPS
+        steps = max(10, int(args.budget / per_step))
+        overrides = [*base, f"train.time_limit_s={args.budget * 1.15}"]
+        resume = (out / "checkpoints").exists()
+        pretrain(data=args.data, out=str(out), steps=steps, overrides=overrides, resume=resume)
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def random_init_run(method: str, args: argparse.Namespace) -> Path:
+    """The method's encoder at its initial weights (a 0-step run), shared by methods with one encoder."""
+    encoder = "-".join(o.split("=", 1)[1] for o in encoder_of(method))
+    out = Path(args.out) / f"random-init-{encoder}"
+    if not (out / "summary.json").exists():
+        overrides = [*COMMON, *CPU_SETTINGS[method], f"method={method}", f"data.cache_dir={Path(args.out) / 'cache'}"]
+        pretrain(data=args.data, out=str(out), steps=0, overrides=overrides)
+    return out
+
+
+def probe(run: Path, args: argparse.Namespace) -> dict[str, float | None]:
+    knn = evaluate_knn(run, args.data, args.test, k=(20,))
+    linear = evaluate_linear(run, args.data, args.test)
+    return {"knn": knn.get("knn_top1@20"), "linear": linear.get("top1")}
+
+
+def raw_pixel_row(run: Path, args: argparse.Namespace) -> dict[str, float | None]:
+    """kNN and the linear probe on the raw pixels through the run's input transform."""
+    model = load(run)
+    train, test = model.load_data(args.data), model.load_data(args.test)
+    pair = raw_inputs(model, train, test)
+    if pair is None:
+        return {"knn": None, "linear": None}
+    knn = KNNProbe(k=(20,), temperature=model.config.eval.knn_temperature).fit(pair[0], train.labels)
+    linear = evaluate_linear(run, args.data, args.test, baselines=True)
+    record = json.loads((run / "eval" / "linear.json").read_text())
+    raw = next((v for k, v in record.get("baselines", {}).items() if "raw" in k), {})
+    del linear
+    return {"knn": knn.evaluate(pair[1], test.labels).get("knn_top1@20"), "linear": raw.get("top1")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(CPU_SETTINGS), choices=list(CPU_SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--budget", type=float, default=300.0, help="pretraining seconds per run")
+    parser.add_argument("--data", default=CIFAR_TRAIN)
+    parser.add_argument("--test", default=CIFAR_TEST)
+    parser.add_argument("--out", default="runs/vision_zoo")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    saved = Path(args.out) / "vision_zoo.json"
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+
+    def save() -> None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results, indent=1, default=str))
+
+    for method in args.methods:
+        encoder = "-".join(o.split("=", 1)[1] for o in encoder_of(method))
+        if f"random init/{encoder}" not in results:
+            baseline = random_init_run(method, args)
+            results[f"random init/{encoder}"] = {**probe(baseline, args), "encoder": encoder}
+            if "raw pixels" not in results:
+                results["raw pixels"] = raw_pixel_row(baseline, args)
+            save()
+        for seed in args.seeds:
+            key = f"{method}/{seed}"
+            if key in results:
+                continue
+            start = time.perf_counter()
+            run, summary = run_pretrain(method, seed, Path(args.out) / f"{method}-seed{seed}", args)
+            results[key] = {
+                **probe(run, args),
+                "encoder": encoder,
+                "steps": summary.get("steps"),
+                "pretrain_s": summary.get("wall_seconds"),
+                "finished": summary.get("finished", True),
+                "samples_per_s": summary.get("samples_per_s"),
+                "total_s": time.perf_counter() - start,
+            }
+            save()
+            print(key, json.dumps(results[key], default=str), flush=True)
+    if not args.no_write:
+        write_results(args, results)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    """One row per method (mean ± std over seeds), then the random-init and raw-pixel rows."""
+    lines = [
+        "| method | encoder | seeds | steps in budget | kNN top-1 @20 | linear top-1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    methods = sorted({k.split("/")[0] for k in results if k.count("/") == 1 and not k.startswith("random")})
+    rows = []
+    for method in methods:
+        runs = [v for k, v in results.items() if k.split("/")[0] == method and k.count("/") == 1]
+        knn = [float(r["knn"]) for r in runs if r.get("knn") is not None]
+        linear = [float(r["linear"]) for r in runs if r.get("linear") is not None]
+        steps = "/".join(str(r.get("steps")) for r in runs)
+        rows.append((statistics.mean(linear) if linear else 0.0, method, runs[0]["encoder"], len(runs), steps, knn, linear))
+    for _, method, encoder, seeds, steps, knn, linear in sorted(rows, reverse=True):
+        lines.append(f"| {method} | {encoder} | {seeds} | {steps} | {_mean_std(knn)} | {_mean_std(linear)} |")
+    for key, value in results.items():
+        if key.startswith("random init/"):
+            lines.append(f"| random init | {value['encoder']} | — | 0 | {_mean_std([value['knn']])} | {_mean_std([value['linear']])} |")
+    if "raw pixels" in results:
+        raw = results["raw pixels"]
+        cells = [_mean_std([raw[k]]) if raw.get(k) is not None else "—" for k in ("knn", "linear")]
+        lines.append(f"| raw pixels | — | — | — | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    command = " ".join(["python bench/vision_zoo.py", *sys.argv[1:]])
+    text = (
+        f"\n### Vision method zoo on CPU, {args.budget:.0f} s per method — {date.today().isoformat()}\n\n"
+        f"Machine: {machine()}. Command: `{command}`. Train: `{Path(args.data).name}`, test: "
+        f"`{Path(args.test).name}`; batch 256, fp32.\n\n{table(results)}\n"
+    )
+    with RESULTS.open("a") as handle:
+        handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
