@@ -19,6 +19,7 @@ Results accumulate in ``OUT/vision_zoo.json`` (runs already measured are kept) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -32,54 +33,106 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import machine
 
-from selfsup.api import load, pretrain
+from selfsup.api import load, make_config
+from selfsup.config import Config
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear, raw_inputs
+from selfsup.train.loop import pretrain_run
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_TRAIN = str(SHARED / "cifar10" / "train-000.tar")
 CIFAR_TEST = str(SHARED / "cifar10" / "test-000.tar")
 
-CONV = ["encoder=small_cnn", "encoder.width=32"]
-VIT = ["encoder=vit_tiny", "encoder.patch_size=4", "encoder.depth=6"]
-# Each method's CPU setting: its defaults, with projection heads sized for a 256-wide encoder.
-CPU_SETTINGS: dict[str, list[str]] = {
-    "simclr": [*CONV, "method.temperature=0.5"],
-    "byol": [*CONV, "method.hidden_dim=1024"],
+# Each method runs its CIFAR-10 recipe (src/selfsup/recipes/<recipe>.yaml: heads, loss, augmentation and
+# optimizer of the authors / solo-learn) on a CPU-sized encoder, with its step counts scaled to the budget.
+CONV = ("small_cnn", {"width": 32})
+VIT = ("vit_tiny", {"patch_size": 4, "depth": 6})
+RECIPES: dict[str, str] = {
+    "simclr": "simclr_cifar10",
+    "byol": "byol_cifar10",
+    "mocov2": "mocov2_cifar10",
+    "mocov3": "mocov3_cifar10",
+    "nnclr": "nnclr_cifar10",
+    "dcl": "dcl_cifar10",
+    "simsiam": "simsiam_cifar10",
+    "barlow_twins": "barlow_twins_cifar10",
+    "vicreg": "vicreg_cifar10",
+    "wmse": "wmse_cifar10",
+    "lejepa": "lejepa_cifar10",
+    "swav": "swav_cifar10",
+    "dino": "dino_cifar10",
+    "dinov2": "dinov2_cifar10",
+    "mae": "mae_cifar10",
+    "ijepa": "ijepa_cifar10",
+    "data2vec": "data2vec_vit_cifar10",
+}
+ENCODER = {m: VIT if m in ("dinov2", "mae", "ijepa", "data2vec") else CONV for m in RECIPES}
+# Recipe options counted in steps of a 195,000-step run, rescaled (fractions of the run) or sized for a CPU
+# encoder (the MAE decoder and the I-JEPA predictor at the width of ViT-Tiny, not of ViT-Small).
+SCALED: dict[str, list[str]] = {
+    "dino": ["method.freeze_last_layer=0.01"],
+    "dinov2": ["method.freeze_last_layer=0.01"],
+    "swav": ["method.freeze_prototypes_steps=0.01", "method.queue_size=0"],
+    "mae": ["method.decoder_dim=128", "method.decoder_depth=2", "method.decoder_heads=4"],
+    "ijepa": ["method.predictor_dim=96", "method.predictor_depth=2"],
 }
 COMMON = ["train.batch_size=256", "train.progress=false", "train.knn_every=0", "train.precision=fp32"]
 CALIBRATION_STEPS = 6
 
 
-def encoder_of(method: str) -> list[str]:
-    return [o for o in CPU_SETTINGS[method] if o.startswith("encoder")]
+def encoder_name(method: str) -> str:
+    name, options = ENCODER[method]
+    return "-".join([name, *(f"{k}{v}" for k, v in options.items())])
+
+
+def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> Config:
+    """The method's recipe at CPU scale: its encoder replaced, warm-up 10 % of ``steps``, no checkpoints
+    beyond the last."""
+    overrides = [
+        *COMMON,
+        *SCALED.get(method, []),
+        f"data.source={args.data}",
+        f"data.cache_dir={Path(args.out) / 'cache'}",
+        "data.val=null",
+        f"train.seed={seed}",
+        f"train.steps={steps}",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        f"train.checkpoint_every={max(steps, 1)}",
+        f"train.log_every={max(1, steps // 20)}",
+    ]
+    config = make_config(RECIPES[method], overrides=overrides)
+    name, options = ENCODER[method]
+    keep = {k: v for k, v in config.encoder.params.items() if k in ENCODER_KEEPS.get(name, ())}
+    config.encoder = dataclasses.replace(config.encoder, name=name, params={**keep, **options})
+    return config
+
+
+# Recipe encoder options that carry over to the CPU encoder (a ViT recipe's pooling, class token, positions).
+ENCODER_KEEPS = {"vit_tiny": ("class_token", "pool", "pos_embed", "layer_scale")}
 
 
 def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Calibrate seconds per step, then pretrain for the budget. (run dir, summary)."""
-    base = [*COMMON, *CPU_SETTINGS[method], f"method={method}", f"train.seed={seed}"]
-    base.append(f"data.cache_dir={Path(args.out) / 'cache'}")
     if not (out / "summary.json").exists():
-        probe = out.parent / f"{out.name}-calibrate"
-        if not (probe / "summary.json").exists():
-            pretrain(data=args.data, out=str(probe), steps=CALIBRATION_STEPS, overrides=base)
-        calibration = json.loads((probe / "summary.json").read_text())
+        probe_dir = out.parent / f"{out.name}-calibrate"
+        if not (probe_dir / "summary.json").exists():
+            pretrain_run(config_for(method, seed, CALIBRATION_STEPS, args), probe_dir)
+        calibration = json.loads((probe_dir / "summary.json").read_text())
         per_step = float(calibration["wall_seconds"]) / CALIBRATION_STEPS
         steps = max(10, int(args.budget / per_step))
-        overrides = [*base, f"train.time_limit_s={args.budget * 1.15}"]
-        resume = (out / "checkpoints").exists()
-        pretrain(data=args.data, out=str(out), steps=steps, overrides=overrides, resume=resume)
+        config = make_config(
+            config_for(method, seed, steps, args), overrides=[f"train.time_limit_s={args.budget * 1.2}"]
+        )
+        pretrain_run(config, out, resume=(out / "checkpoints").exists())
     return out, json.loads((out / "summary.json").read_text())
 
 
 def random_init_run(method: str, args: argparse.Namespace) -> Path:
     """The method's encoder at its initial weights (a 0-step run), shared by methods with one encoder."""
-    encoder = "-".join(o.split("=", 1)[1] for o in encoder_of(method))
-    out = Path(args.out) / f"random-init-{encoder}"
+    out = Path(args.out) / f"random-init-{encoder_name(method)}"
     if not (out / "summary.json").exists():
-        overrides = [*COMMON, *CPU_SETTINGS[method], f"method={method}", f"data.cache_dir={Path(args.out) / 'cache'}"]
-        pretrain(data=args.data, out=str(out), steps=0, overrides=overrides)
+        pretrain_run(config_for(method, 0, 0, args), out)
     return out
 
 
@@ -106,7 +159,7 @@ def raw_pixel_row(run: Path, args: argparse.Namespace) -> dict[str, float | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(CPU_SETTINGS), choices=list(CPU_SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--budget", type=float, default=300.0, help="pretraining seconds per run")
     parser.add_argument("--data", default=CIFAR_TRAIN)
@@ -123,7 +176,7 @@ def main() -> None:
         saved.write_text(json.dumps(results, indent=1, default=str))
 
     for method in args.methods:
-        encoder = "-".join(o.split("=", 1)[1] for o in encoder_of(method))
+        encoder = encoder_name(method)
         if f"random init/{encoder}" not in results:
             baseline = random_init_run(method, args)
             results[f"random init/{encoder}"] = {**probe(baseline, args), "encoder": encoder}
@@ -172,12 +225,23 @@ def table(results: dict[str, Any]) -> str:
         knn = [float(r["knn"]) for r in runs if r.get("knn") is not None]
         linear = [float(r["linear"]) for r in runs if r.get("linear") is not None]
         steps = "/".join(str(r.get("steps")) for r in runs)
-        rows.append((statistics.mean(linear) if linear else 0.0, method, runs[0]["encoder"], len(runs), steps, knn, linear))
+        rows.append(
+            (
+                statistics.mean(linear) if linear else 0.0,
+                method,
+                runs[0]["encoder"],
+                len(runs),
+                steps,
+                knn,
+                linear,
+            )
+        )
     for _, method, encoder, seeds, steps, knn, linear in sorted(rows, reverse=True):
         lines.append(f"| {method} | {encoder} | {seeds} | {steps} | {_mean_std(knn)} | {_mean_std(linear)} |")
     for key, value in results.items():
         if key.startswith("random init/"):
-            lines.append(f"| random init | {value['encoder']} | — | 0 | {_mean_std([value['knn']])} | {_mean_std([value['linear']])} |")
+            cells = [_mean_std([value[k]]) if value.get(k) is not None else "—" for k in ("knn", "linear")]
+            lines.append(f"| random init | {value['encoder']} | — | 0 | {cells[0]} | {cells[1]} |")
     if "raw pixels" in results:
         raw = results["raw pixels"]
         cells = [_mean_std([raw[k]]) if raw.get(k) is not None else "—" for k in ("knn", "linear")]

@@ -191,6 +191,17 @@ def all_gather_with_grad(x: Tensor, *, check_shapes: bool = True) -> Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
+def gather_views(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, int]:
+    """The two views' ``(B, D)`` embeddings of this rank → each view's global batch ``(W·B, D)`` in rank
+    order, with gradients, in one collective, and this rank's offset in it (``rank · B``): the inputs of a
+    loss over the global batch (NT-Xent's negatives, Barlow Twins' cross-correlation). The inputs
+    themselves and offset 0 in a single process."""
+    if world_size() == 1:
+        return z1, z2, 0
+    gathered = all_gather_with_grad(torch.stack([z1, z2], dim=1))
+    return gathered[:, 0], gathered[:, 1], rank() * z1.shape[0]
+
+
 def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
     """Sum ``x`` over ranks; backward is also a sum over ranks (for synchronized batch statistics).
 

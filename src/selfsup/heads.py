@@ -161,3 +161,17 @@ class DINOHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.normalize(self.mlp(x), p=2, dim=-1)
         return self.last_layer(x)
+
+
+class EncoderWithHead(nn.Module):
+    """encoder → pooled ``(B, D)`` → head: the branch that an EMA teacher copies (BYOL's target, MoCo's key
+    encoder, DINO's teacher). Methods build it on demand from their own ``encoder`` and head, so each
+    parameter is registered once in the method's state dict."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.encoder(x, padding_mask=padding_mask).pooled)

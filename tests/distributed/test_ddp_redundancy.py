@@ -18,10 +18,10 @@ import torch.distributed as tdist
 from _launch import run_in_processes
 from torch import Tensor, nn
 
+from selfsup import dist
 from selfsup.encoders import ENCODERS
 from selfsup.losses import barlow_twins, vicreg
 from selfsup.methods import METHODS, StepInfo, Views
-from selfsup.methods.barlow_twins import gather_pair
 from selfsup.sync_batchnorm import convert_sync_batchnorm
 
 BATCH, IN, OUT, WORLD, LAMBDA = 8, 6, 5, 2, 0.0051
@@ -94,7 +94,7 @@ def _worker(rank: int, world: int) -> dict[str, object]:
     for name, loss_fn in LOSSES.items():
         # Ours: gather with gradients, the loss of the global batch on every rank.
         model = nn.parallel.DistributedDataParallel(_Pair())
-        loss = loss_fn(*gather_pair(*model(x1[shard], x2[shard])))
+        loss = loss_fn(*dist.gather_views(*model(x1[shard], x2[shard]))[:2])
         loss.backward()
         out[f"{name}/gathered"] = (float(loss.detach()), _grad(model.module))
         # Counter-example: each rank's own batch (what a loss without the gather computes).

@@ -341,3 +341,21 @@ def test_max_pooling_ignores_padded_tokens() -> None:
     mask = torch.tensor([[False, True, False]])  # the 9s are padding
     assert max_pool_hidden_state(hidden, mask).tolist() == [[2.0, 0.0]]
     assert max_pool_hidden_state(hidden).tolist() == [[9.0, 9.0]]
+
+
+def test_vit_layer_features_average_the_patch_tokens_only() -> None:
+    """A ViT's class and register tokens are not part of a layer's mean; the pooled output stays the cls."""
+    torch.manual_seed(0)
+    encoder = ENCODERS.create("vit_tiny", embed_dim=16, depth=2, num_heads=2, patch_size=4, num_registers=2)
+    data = make_images(5)
+    layers = extract_features(encoder, data, transform(), batch_size=2, layers=[1, -1])
+    pooled = extract_features(encoder, data, transform(), batch_size=2)
+    encoder.eval()
+    x, _ = transform()(data.batch(torch.arange(5)))
+    with torch.no_grad():
+        out = encoder(x)
+    prefix = encoder.num_prefix_tokens
+    assert prefix == 3
+    torch.testing.assert_close(layers[1], out.hidden_states[1][:, prefix:].mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layers[-1], out.last_hidden_state[:, prefix:].mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled, out.pooled, rtol=1e-5, atol=1e-6)

@@ -83,7 +83,7 @@ def test_byol_loss_and_target_update() -> None:
     v = views()
     out = method(v, step(0))
     online = lambda x: method.predictor(method.projector(method.encoder(x).pooled))  # noqa: E731
-    target = lambda x: method.target.module.projector(method.target.module.encoder(x).pooled)  # noqa: E731
+    target = lambda x: method.target.module.head(method.target.module.encoder(x).pooled)  # noqa: E731
     with torch.no_grad():
         expected = byol_loss(online(v.inputs[0]), target(v.inputs[1])) + byol_loss(
             online(v.inputs[1]), target(v.inputs[0])

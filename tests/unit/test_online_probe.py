@@ -82,7 +82,12 @@ def test_every_method_returns_detached_encoder_features(method_name: str, encode
     method.eval()  # the pooled output of the first global view, as the encoder gives it
     with torch.no_grad():
         padding, mask = views.padding_mask(0), views.mask(0)
-        if any(need.startswith("mask:") for need in METHODS.metadata(method_name).get("needs", ())):
+        needs = METHODS.metadata(method_name).get("needs", ())
+        if getattr(method.encoder, "mask_modes", ()) and mask is not None:
+            # A ViT pools over what it saw: its pooled output of the masked view, in the method's mode.
+            mode = "drop" if "mask:drop" in needs else "replace"
+            expected = method.encoder(views.inputs[0], mask=mask, mask_mode=mode).pooled
+        elif any(need.startswith("mask:") for need in needs):
             # Masking methods: the encoder's output over the positions it did not mask.
             encoded = method.encoder(views.inputs[0], padding_mask=padding, mask=mask)
             expected = pool_unmasked(encoded.last_hidden_state, encoded.padding_mask, mask)

@@ -54,7 +54,8 @@ class Encoder(nn.Module):
     token is masked) is for masked-modelling methods and applies as ``mask_mode`` says; encoders
     whose ``mask_mode`` is ``"none"`` raise if given one. An encoder that can apply a mask in several
     ways lists them in ``mask_modes`` and takes ``forward(..., mask_mode=...)`` to choose one per call
-    (``mask_mode`` is then the default). ``padding_mask`` (``(B, T)`` bool, True
+    (``mask_mode`` is then the default); such an encoder's ``pooled`` covers only the tokens it kept
+    or left unmasked. ``padding_mask`` (``(B, T)`` bool, True
     at padded input positions) is for variable-length inputs; the returned
     ``EncoderOutput.padding_mask`` marks the padded *output* positions, and ``pooled`` averages
     only the others.

@@ -46,6 +46,7 @@ PyTorch's default convolution init).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -518,82 +519,54 @@ def build_vit(
     )
 
 
-@ENCODERS.register("vit_tiny", modality="image")
-def vit_tiny(
-    info: DataInfo | None = None,
-    patch_size: int | None = None,
-    num_registers: int = 0,
-    class_token: bool = True,
-    drop_path: float = 0.0,
-    pool: str = "cls",
-    layer_scale: float | None = None,
-    qkv_bias: bool = True,
-    pos_embed: str = "learned",
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-    mlp_ratio: float = 4.0,
-) -> VisionTransformer:
-    """ViT-Tiny (192 x 12 blocks, 3 heads); patch 4 for images <= 64 px, else 16."""
-    return build_vit(
-        "vit_tiny",
-        info,
-        patch_size=patch_size,
-        overrides={"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads},
-        **_options(num_registers, class_token, drop_path, pool, layer_scale, qkv_bias, pos_embed, mlp_ratio),
-    )
+def _vit_factory(size: str, doc: str) -> Callable[..., VisionTransformer]:
+    """The registered factory of one ViT size: one signature for the three (the registry reads it)."""
+
+    def factory(
+        info: DataInfo | None = None,
+        patch_size: int | None = None,
+        num_registers: int = 0,
+        class_token: bool = True,
+        drop_path: float = 0.0,
+        pool: str = "cls",
+        layer_scale: float | None = None,
+        qkv_bias: bool = True,
+        pos_embed: str = "learned",
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+    ) -> VisionTransformer:
+        return build_vit(
+            size,
+            info,
+            patch_size=patch_size,
+            overrides={"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads},
+            **_options(
+                num_registers, class_token, drop_path, pool, layer_scale, qkv_bias, pos_embed, mlp_ratio
+            ),
+        )
+
+    factory.__name__ = factory.__qualname__ = size
+    factory.__doc__ = doc
+    return factory
 
 
-@ENCODERS.register("vit_small", modality="image")
-def vit_small(
-    info: DataInfo | None = None,
-    patch_size: int | None = None,
-    num_registers: int = 0,
-    class_token: bool = True,
-    drop_path: float = 0.0,
-    pool: str = "cls",
-    layer_scale: float | None = None,
-    qkv_bias: bool = True,
-    pos_embed: str = "learned",
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-    mlp_ratio: float = 4.0,
-) -> VisionTransformer:
-    """ViT-Small (384 x 12 blocks, 6 heads; 22.05M at patch 16, 224 px); patch 4 for images <= 64 px."""
-    return build_vit(
+vit_tiny = ENCODERS.register("vit_tiny", modality="image")(
+    _vit_factory("vit_tiny", "ViT-Tiny (192 x 12 blocks, 3 heads); patch 4 for images <= 64 px, else 16.")
+)
+vit_small = ENCODERS.register("vit_small", modality="image")(
+    _vit_factory(
         "vit_small",
-        info,
-        patch_size=patch_size,
-        overrides={"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads},
-        **_options(num_registers, class_token, drop_path, pool, layer_scale, qkv_bias, pos_embed, mlp_ratio),
+        "ViT-Small (384 x 12 blocks, 6 heads; 22.05M at patch 16, 224 px); patch 4 for images <= 64 px.",
     )
-
-
-@ENCODERS.register("vit_base", modality="image")
-def vit_base(
-    info: DataInfo | None = None,
-    patch_size: int | None = None,
-    num_registers: int = 0,
-    class_token: bool = True,
-    drop_path: float = 0.0,
-    pool: str = "cls",
-    layer_scale: float | None = None,
-    qkv_bias: bool = True,
-    pos_embed: str = "learned",
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-    mlp_ratio: float = 4.0,
-) -> VisionTransformer:
-    """ViT-Base (768 x 12 blocks, 12 heads; 86.57M at patch 16, 224 px); patch 4 for images <= 64 px."""
-    return build_vit(
+)
+vit_base = ENCODERS.register("vit_base", modality="image")(
+    _vit_factory(
         "vit_base",
-        info,
-        patch_size=patch_size,
-        overrides={"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads},
-        **_options(num_registers, class_token, drop_path, pool, layer_scale, qkv_bias, pos_embed, mlp_ratio),
+        "ViT-Base (768 x 12 blocks, 12 heads; 86.57M at patch 16, 224 px); patch 4 for images <= 64 px.",
     )
+)
 
 
 def _options(

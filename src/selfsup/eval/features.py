@@ -349,7 +349,15 @@ def extract_features(
 
     sink: Any = EntryWriter(Path(cache_dir), key) if cache_dir is not None and key is not None else _RamSink()
     try:
-        collector = _Collector(sink, len(dataset), keys, pooling, encoder.embed_dim, plan.frame_lengths)
+        collector = _Collector(
+            sink,
+            len(dataset),
+            keys,
+            pooling,
+            encoder.embed_dim,
+            plan.frame_lengths,
+            prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 0)),
+        )
         if cache_dir is not None:
             collector.size_check = _SizeCheck(
                 Path(cache_dir), cache_limit_gb, len(dataset), len(keys), encoder
@@ -437,8 +445,12 @@ class _Collector:
         pooling: str,
         embed_dim: int,
         frame_lengths: Tensor | None = None,
+        prefix_tokens: int = 0,
     ) -> None:
         self.sink, self.n, self.keys, self.pooling, self.embed_dim = sink, n, keys, pooling, embed_dim
+        # A ViT's class / register tokens lead each token sequence; layer features pool (or list) the
+        # patch tokens only, so a layer's mean is over the image, as the pooled output of `pool="mean"`.
+        self.prefix_tokens = prefix_tokens
         self.results: dict[str, Tensor] = {}
         self.lengths = sink.allocate("lengths", (n,), "int64") if pooling == "none" else None
         self.widths: dict[str, tuple[int, ...]] = {}
@@ -454,6 +466,8 @@ class _Collector:
         for layer in self.keys:
             name = _name(layer)
             hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            if self.prefix_tokens and hidden.ndim == 3:
+                hidden = hidden[:, self.prefix_tokens :]
             if self.pooling != "none":
                 if self.pooling == "max":
                     feats = max_pool_hidden_state(hidden, out.padding_mask)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup import dist
 from selfsup.encoders.base import Encoder
@@ -33,15 +32,6 @@ def redundancy_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers:
     assert isinstance(last, nn.Linear)
     head.layers[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
     return head
-
-
-def gather_pair(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
-    """``(B, D)`` projections of both views → the global batch ``(W·B, D)`` of each, in rank order, with
-    gradients (one collective for both views); the inputs themselves in a single process."""
-    if not dist.is_distributed():
-        return z1, z2
-    gathered = dist.all_gather_with_grad(torch.stack([z1, z2], dim=1))
-    return gathered[:, 0], gathered[:, 1]
 
 
 @METHODS.register("barlow_twins")
@@ -90,7 +80,7 @@ class BarlowTwins(Method):
         h1 = self.encoder(views.inputs[0], padding_mask=views.padding_mask(0)).pooled
         z1 = self.projector(h1)
         z2 = self.projector(self.encoder(views.inputs[1], padding_mask=views.padding_mask(1)).pooled)
-        on, off = barlow_twins_terms(*gather_pair(z1, z2))
+        on, off = barlow_twins_terms(*dist.gather_views(z1, z2)[:2])
         loss = (on + self.lambda_ * off) * self.scale_loss
         logs = {"on_diagonal": on.detach(), "off_diagonal": off.detach()}
         return MethodOutput(loss=loss, logs=logs, embeddings=z1.detach(), features=h1.detach())

@@ -14,26 +14,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
 
 from selfsup.encoders.base import Encoder
-from selfsup.heads import MLPHead
+from selfsup.heads import EncoderWithHead, MLPHead
 from selfsup.losses import byol as byol_loss
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.teacher import EMATeacher
 from selfsup.train.schedules import cosine_momentum
-
-
-class _Branch(nn.Module):
-    """encoder → pooled → projector, the part shared by the online network and its EMA target."""
-
-    def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.projector = projector
-
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.projector(self.encoder(x, padding_mask=padding_mask).pooled)
 
 
 @METHODS.register("byol")
@@ -74,9 +61,9 @@ class BYOL(Method):
         self.final_momentum = final_momentum
         self.last_momentum = base_momentum  # the decay of the latest target update, for logging
 
-    def _online(self) -> _Branch:
+    def _online(self) -> EncoderWithHead:
         # Built on demand so that the encoder is registered once (as `encoder`) in the state dict.
-        return _Branch(self.encoder, self.projector)
+        return EncoderWithHead(self.encoder, self.projector)
 
     def forward(self, views: Views, step: StepInfo) -> MethodOutput:
         if views.num_global != 2 or len(views.inputs) != 2:

@@ -252,7 +252,12 @@ class Data2Vec(Method):
             "ema_decay": torch.tensor(self.decay(step.step, step.total_steps)),
             "masked_fraction": (valid.sum() / frames.clamp_min(1)).detach().float(),
         }
-        pooled = pool_unmasked(hidden.detach(), frame_padding, mask)
+        # An encoder with several mask modes (a ViT) pools over what it saw itself; the audio encoders'
+        # pooled output would average in the mask embedding's positions.
+        if getattr(self.encoder, "mask_modes", ()):
+            pooled = student.pooled.detach().float()
+        else:
+            pooled = pool_unmasked(hidden.detach(), frame_padding, mask)
         return MethodOutput(loss=loss, logs=logs, embeddings=pooled, features=pooled)
 
     def _encode(self, x: Tensor, padding: Tensor | None, mask: Tensor) -> tuple[EncoderOutput, list[Tensor]]:

@@ -78,11 +78,7 @@ class DCL(Method):
         h = self.encoder(x, padding_mask=padding).pooled
         z = self.projector(h)
         z1, z2 = z[:batch], z[batch:]
-        if self.gather_negatives and dist.is_distributed():
-            gathered = dist.all_gather_with_grad(torch.stack([z1, z2], dim=1))
-            z1_all, z2_all, offset = gathered[:, 0], gathered[:, 1], dist.rank() * batch
-        else:
-            z1_all, z2_all, offset = z1, z2, 0
+        z1_all, z2_all, offset = dist.gather_views(z1, z2) if self.gather_negatives else (z1, z2, 0)
         loss = dcl(
             z1,
             z2,

@@ -28,19 +28,20 @@ here), while its ResNet teacher normalises with batch statistics (train mode).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from selfsup import dist
 from selfsup.encoders.base import Encoder
-from selfsup.heads import DINOHead
+from selfsup.heads import DINOHead, EncoderWithHead
 from selfsup.losses import dino as dino_loss
 from selfsup.losses import dino_center_update
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
+from selfsup.methods.crops import encode_crops
 from selfsup.teacher import EMATeacher
-from selfsup.train.schedules import cosine_momentum
+from selfsup.train.schedules import check_steps_option, cosine_momentum, steps_of
 
 
 def teacher_temperature(step: StepInfo, warmup: float, final: float, warmup_fraction: float) -> float:
@@ -56,44 +57,8 @@ def teacher_temperature(step: StepInfo, warmup: float, final: float, warmup_frac
     return warmup + (final - warmup) * step.step / warmup_steps
 
 
-def freeze_steps(value: float, total_steps: int) -> int:
-    """``freeze_last_layer`` as a number of optimizer steps: a float in ``[0, 1)`` is a fraction of
-    ``total_steps`` (rounded), an integer a number of steps."""
-    if isinstance(value, float) and value < 1.0:
-        return round(value * total_steps)
-    return int(value)
-
-
-def check_freeze_last_layer(value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value < 0
-        or not math.isfinite(value)
-    ):
-        raise ValueError(f"freeze_last_layer must be a number >= 0, got {value!r}")
-    if isinstance(value, float) and value >= 1.0 and not value.is_integer():
-        raise ValueError(
-            f"freeze_last_layer={value!r}: a float must be a fraction of the steps in [0, 1), an integer a "
-            "number of steps"
-        )
-    return value
-
-
 def has_batch_norm(*modules: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
-
-
-class _Branch(nn.Module):
-    """encoder → pooled → head (the student; the teacher is an EMA copy of it)."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.head(self.encoder(x, padding_mask=padding_mask).pooled)
 
 
 def check_schedule_options(
@@ -170,7 +135,7 @@ class DINO(Method):
             student_temp=student_temp, teacher_temp=teacher_temp, warmup_teacher_temp=warmup_teacher_temp
         )
         check_schedule_options(base_momentum, final_momentum, warmup_teacher_temp_fraction, center_momentum)
-        self.freeze_last_layer = check_freeze_last_layer(freeze_last_layer)
+        self.freeze_last_layer = check_steps_option("freeze_last_layer", freeze_last_layer)
         self.head = DINOHead(
             encoder.embed_dim,
             out_dim,
@@ -193,9 +158,9 @@ class DINO(Method):
         # by on_optimizer_step), so a plain list rather than a buffer.
         self._pending: list[Tensor] = []
 
-    def _student(self) -> _Branch:
+    def _student(self) -> EncoderWithHead:
         # Built on demand so that the encoder and head are registered once in the state dict.
-        return _Branch(self.encoder, self.head)
+        return EncoderWithHead(self.encoder, self.head)
 
     def teacher_temperature(self, step: StepInfo) -> float:
         return teacher_temperature(
@@ -205,17 +170,9 @@ class DINO(Method):
     def student_logits(self, views: Views) -> tuple[list[Tensor], Tensor]:
         """The head's logits per crop (``V`` tensors ``(B, K)``, globals first) and the pooled encoder
         output of the global crops ``(G·B, D)``: one encoder pass per crop size, one head pass."""
-        batch = views.batch_size
-        x, padding = views.global_batch()
-        pooled = self.encoder(x, padding_mask=padding).pooled
-        features = [pooled]
-        if views.local_inputs:
-            local_padding = [views.padding_mask(i) for i in range(views.num_global, len(views.inputs))]
-            if any(m is not None for m in local_padding):
-                raise ValueError("DINO's local crops must be fixed-size (no padding masks)")
-            features.append(self.encoder(torch.cat(views.local_inputs)).pooled)
-        logits = self.head(torch.cat(features))
-        return list(logits.split(batch)), pooled
+        pooled = encode_crops(self.encoder, views)
+        logits = self.head(pooled)
+        return list(logits.split(views.batch_size)), pooled[: views.num_global * views.batch_size]
 
     def teacher_logits(self, views: Views) -> list[Tensor]:
         x, padding = views.global_batch()
@@ -249,7 +206,7 @@ class DINO(Method):
     def before_optimizer_step(self, step: StepInfo) -> None:
         # As DINO's cancel_gradients_last_layer: no gradient at all (not a zero one), so the optimizer
         # leaves the last layer untouched, weight decay and momentum included.
-        if step.step < freeze_steps(self.freeze_last_layer, step.total_steps):
+        if step.step < steps_of(self.freeze_last_layer, step.total_steps):
             for parameter in self.last_layer_parameters():
                 parameter.grad = None
 

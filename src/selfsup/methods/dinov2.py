@@ -35,15 +35,13 @@ from selfsup.heads import DINOHead
 from selfsup.losses import dino_center_update, dino_cross_entropy, ibot_patch, koleo, sinkhorn_knopp
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.methods.dino import (
-    check_freeze_last_layer,
     check_schedule_options,
     check_temperatures,
-    freeze_steps,
     pending_mean,
     teacher_temperature,
 )
 from selfsup.teacher import EMATeacher
-from selfsup.train.schedules import cosine_momentum
+from selfsup.train.schedules import check_steps_option, cosine_momentum, steps_of
 
 CENTERINGS = ("sinkhorn", "center")
 
@@ -148,7 +146,7 @@ class DINOv2(Method):
         ):
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}")
-        self.freeze_last_layer = check_freeze_last_layer(freeze_last_layer)
+        self.freeze_last_layer = check_steps_option("freeze_last_layer", freeze_last_layer)
 
         def head(k: int) -> DINOHead:
             return DINOHead(
@@ -258,7 +256,7 @@ class DINOv2(Method):
         )
 
     def before_optimizer_step(self, step: StepInfo) -> None:
-        if step.step < freeze_steps(self.freeze_last_layer, step.total_steps):
+        if step.step < steps_of(self.freeze_last_layer, step.total_steps):
             heads = [self.head] if self.ibot_head is None else [self.head, self.ibot_head]
             for head in heads:
                 for parameter in head.last_layer.parameters():

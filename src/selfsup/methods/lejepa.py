@@ -24,7 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.heads import MLPHead
 from selfsup.losses import lejepa_terms, random_directions
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
-from selfsup.methods.swav import encode_crops
+from selfsup.methods.crops import encode_crops
 
 
 @METHODS.register("lejepa")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
+from selfsup.heads import EncoderWithHead
 from selfsup.losses import info_nce
 from selfsup.losses.contrastive import l2_normalize
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -35,6 +36,18 @@ def gather_detached(x: Tensor) -> Tensor:
     ``concat_all_gather``); ``x`` itself in one process."""
     with torch.no_grad():
         return dist.all_gather_with_grad(x.detach())
+
+
+def shuffle_seed(step: int, micro: int, view: int) -> int:
+    """The seed of shuffle-BN's permutation for view ``view`` (0 or 1) of micro-batch ``micro`` of optimizer
+    step ``step``: a pure function of the training clock, the same on every rank."""
+    return (step * 65536 + micro) * 2 + view
+
+
+def shuffle_permutation(total: int, seed: int) -> Tensor:
+    """``(total,)`` the permutation of the global key batch for shuffle-BN, drawn on the CPU from a generator
+    seeded with ``seed`` (never the global RNG), so every rank draws the same one without a broadcast."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))
 
 
 class KeyQueue(nn.Module):
@@ -90,18 +103,6 @@ class KeyQueue(nn.Module):
             rows, keys = rows[-self.size :], keys[-self.size :]
         self.keys[rows] = keys.to(self.keys.dtype)
         self.ptr.fill_((int(self.ptr) + count) % self.size)
-
-
-class _Branch(nn.Module):
-    """encoder → pooled → projector: the part of the query network that the key network copies."""
-
-    def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.projector = projector
-
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.projector(self.encoder(x, padding_mask=padding_mask).pooled)
 
 
 def _views(views: Views, name: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -205,15 +206,15 @@ class MoCoV2(Method):
         self.last_momentum = base_momentum
         self._micro = 0  # micro-batches seen in this optimizer step (seeds shuffle-BN's permutations)
 
-    def _query_branch(self) -> _Branch:
+    def _query_branch(self) -> EncoderWithHead:
         # Built on demand so that the encoder is registered once (as `encoder`) in the state dict.
-        return _Branch(self.encoder, self.projector)
+        return EncoderWithHead(self.encoder, self.projector)
 
     def _keys(self, x: Tensor, padding: Tensor | None, step: StepInfo, view: int) -> Tensor:
         """``(B, D)`` keys of this process's samples (no gradient)."""
         if self.key_bn == "global":
             return self.key(x, padding)
-        return self._shuffled_keys(x, padding, seed=(step.step * 65536 + self._micro) * 2 + view)
+        return self._shuffled_keys(x, padding, seed=shuffle_seed(step.step, self._micro, view))
 
     @torch.no_grad()
     def _shuffled_keys(self, x: Tensor, padding: Tensor | None, seed: int) -> Tensor:
@@ -231,7 +232,7 @@ class MoCoV2(Method):
                 f"key_bn='shuffle' cuts the global key batch of {total} into bn_splits={self.bn_splits} "
                 "equal groups: choose a batch size divisible by method.bn_splits"
             )
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).to(x.device)
+        order = shuffle_permutation(total, seed).to(x.device)
         mine = order.view(world, batch)[rank]
         set_num_splits(self.key, self.bn_splits // world)
         shuffled = self.key(x_all[mine], None if padding_all is None else padding_all[mine])
@@ -306,8 +307,8 @@ class MoCoV3(Method):
     solo-learn's CIFAR-10 ResNet-18 recipe uses the ResNet heads with temperature 0.2.
 
     The momentum follows the authors' ``--moco-m-cos`` (used in every reference command of their
-    CONFIG.md): ``1 - (1 - m₀)(1 + cos(π t))/2`` from 0.99 (their default; 0.996 for long ResNet and the
-    ViT-B runs) to 1. They update at the start of iteration ``t`` with ``m(t / T)``, i.e. after
+    CONFIG.md): ``1 - (1 - m₀)(1 + cos(π t))/2`` from 0.99 (their default; 0.996 in their 1000-epoch
+    ResNet-50 command) to 1. They update at the start of iteration ``t`` with ``m(t / T)``, i.e. after
     optimizer step ``s`` with ``m((s + 1) / T)``; so does :meth:`on_optimizer_step`.
 
     Args:
@@ -347,8 +348,8 @@ class MoCoV3(Method):
         self.base_momentum, self.final_momentum = base_momentum, final_momentum
         self.last_momentum = base_momentum
 
-    def _query_branch(self) -> _Branch:
-        return _Branch(self.encoder, self.projector)
+    def _query_branch(self) -> EncoderWithHead:
+        return EncoderWithHead(self.encoder, self.projector)
 
     def forward(self, views: Views, step: StepInfo) -> MethodOutput:
         x1, x2, pad1, pad2 = _views(views, "MoCo v3")

@@ -40,9 +40,9 @@ class NNCLR(Method):
     full NT-Xent instead (negatives within each view too); we follow the paper's equation. Only view 1's
     normalized projections enter the support set (solo-learn, and lightly's ``update=True`` on one view).
 
-    Heads follow the paper (sec. 4.1): a 3-layer projector ``[2048, 2048, d]`` with BatchNorm after every
-    layer (the last one without affine parameters here; solo-learn's has them) and a 2-layer predictor
-    ``[4096, d]``, ``d = 256``.
+    Heads follow the paper's implementation details: a 3-layer projector ``[2048, 2048, d]`` with BatchNorm
+    after every layer (the last one without affine parameters here; solo-learn's has them) and a 2-layer
+    predictor ``[4096, d]``, ``d = 256``.
 
     Args:
         encoder: any encoder of the Encoder contract.
@@ -75,8 +75,10 @@ class NNCLR(Method):
 
     @torch.no_grad()
     def nearest_neighbour(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, D)`` support-set rows nearest (cosine) to ``z``, and their similarity ``(B,)``."""
-        similarity = l2_normalize(z.detach().float()) @ self.support.keys.T  # (B, K)
+        """``(B, D)`` support-set rows nearest (cosine) to ``z``, and their similarity ``(B,)``; in fp32
+        (autocast off), so that near ties among the K rows are not decided by bf16 rounding."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            similarity = l2_normalize(z.detach().float()) @ self.support.keys.T  # (B, K)
         best, index = similarity.max(dim=1)
         return self.support.keys[index], best
 
@@ -90,12 +92,7 @@ class NNCLR(Method):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         nn1, similarity = self.nearest_neighbour(z1)
         nn2, _ = self.nearest_neighbour(z2)
-        batch = x1.shape[0]
-        if dist.is_distributed():
-            gathered = dist.all_gather_with_grad(torch.stack([p1, p2], dim=1))
-            p1_all, p2_all, offset = gathered[:, 0], gathered[:, 1], dist.rank() * batch
-        else:
-            p1_all, p2_all, offset = p1, p2, 0
+        p1_all, p2_all, offset = dist.gather_views(p1, p2)
         loss = 0.5 * (
             info_nce(nn1, p2_all, temperature=self.temperature, offset=offset)
             + info_nce(nn2, p1_all, temperature=self.temperature, offset=offset)

@@ -88,13 +88,7 @@ class SimCLR(Method):
         h = self.encoder(x, padding_mask=padding).pooled
         z = self.projector(h)
         z1, z2 = z[:batch], z[batch:]
-        if self.gather_negatives and dist.is_distributed():
-            # One collective for both views: (B, 2, D) from every process, in rank order.
-            gathered = dist.all_gather_with_grad(torch.stack([z1, z2], dim=1))
-            z1_all, z2_all = gathered[:, 0], gathered[:, 1]
-            offset = dist.rank() * batch
-        else:
-            z1_all, z2_all, offset = z1, z2, 0
+        z1_all, z2_all, offset = dist.gather_views(z1, z2) if self.gather_negatives else (z1, z2, 0)
         loss = nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
         with torch.no_grad():
             positive_similarity = torch.nn.functional.cosine_similarity(z1, z2).mean()

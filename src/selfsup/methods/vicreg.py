@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.losses import vicreg_terms
-from selfsup.methods.barlow_twins import gather_pair, redundancy_projector
+from selfsup.methods.barlow_twins import redundancy_projector
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 
 
@@ -61,7 +62,7 @@ class VICReg(Method):
         h1 = self.encoder(views.inputs[0], padding_mask=views.padding_mask(0)).pooled
         z1 = self.projector(h1)
         z2 = self.projector(self.encoder(views.inputs[1], padding_mask=views.padding_mask(1)).pooled)
-        invariance, variance, covariance = vicreg_terms(*gather_pair(z1, z2))
+        invariance, variance, covariance = vicreg_terms(*dist.gather_views(z1, z2)[:2])
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         logs = {
             "invariance": invariance.detach(),

@@ -82,12 +82,7 @@ class WMSE(Method):
         h2 = self.encoder(views.inputs[1], padding_mask=views.padding_mask(1)).pooled
         z = self.projector(torch.cat([h1, h2]))
         z1, z2 = z[:batch], z[batch:]
-        if dist.is_distributed():
-            # One collective for both views: (B, 2, D) from every process, in rank order.
-            gathered = dist.all_gather_with_grad(torch.stack([z1, z2], dim=1))
-            z1_all, z2_all = gathered[:, 0], gathered[:, 1]
-        else:
-            z1_all, z2_all = z1, z2
+        z1_all, z2_all, _ = dist.gather_views(z1, z2)
         total = z1_all.shape[0]
         size = self.whiten_size or total
         if total % size != 0:

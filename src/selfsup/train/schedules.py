@@ -69,3 +69,29 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} momentum must be in [0, 1], got {value}")
     return final - (final - base) * _half_cosine(step / total_steps)
+
+
+def steps_of(value: float, total_steps: int) -> int:
+    """A duration option as a number of optimizer steps: a float in ``[0, 1)`` is a fraction of
+    ``total_steps`` (rounded), an integer a number of steps (DINO's frozen last layer, SwAV's frozen
+    prototypes: "the first epoch" in the papers, which a run defined by steps expresses either way)."""
+    if isinstance(value, float) and value < 1.0:
+        return round(value * total_steps)
+    return int(value)
+
+
+def check_steps_option(name: str, value: object) -> float:
+    """``value`` checked for :func:`steps_of`: a number >= 0; a float >= 1 must be a whole number."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if isinstance(value, float) and value >= 1.0 and not value.is_integer():
+        raise ValueError(
+            f"{name}={value!r}: a float must be a fraction of the steps in [0, 1), "
+            "an integer a number of steps"
+        )
+    return value
