@@ -1,8 +1,9 @@
 """The vision method zoo on CPU: every image method at one wall-clock budget on a CIFAR-10 subset.
 
-Each method pretrains its CPU setting (``CPU_SETTINGS``: the method's defaults with heads sized for a small
-encoder) for ``--budget`` seconds: a short calibration run measures seconds per step, then ``train.steps``
-is set so that the schedules (learning rate, EMA momentum, teacher temperature) complete within the budget
+Each method pretrains its CIFAR-10 recipe at CPU scale (:func:`selfsup.benchmark.cpu_recipe`: the recipe's
+loss, heads, views and optimizer on a 4-layer ConvNet, or a 6-block ViT-Tiny/4 for the ViT methods) for
+``--budget`` seconds: a short calibration run measures seconds per step, then ``train.steps`` is set so that
+the schedules (learning rate, EMA momentum, teacher temperature) complete within the budget
 (``train.time_limit_s`` stops a run that would overrun). Then kNN (k=20, T=0.07) and the linear probe grid
 on the CIFAR-10 test set, beside the same encoder at random initialisation and the raw pixels through the
 same probes. ``--seeds`` repeats pretraining (and nothing else) with other seeds.
@@ -19,7 +20,6 @@ Results accumulate in ``OUT/vision_zoo.json`` (runs already measured are kept) a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import machine
 
 from selfsup.api import load, make_config
+from selfsup.benchmark import VISION_RECIPES, cpu_encoder, cpu_recipe
 from selfsup.config import Config
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear, raw_inputs
@@ -44,72 +45,19 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_TRAIN = str(SHARED / "cifar10" / "train-000.tar")
 CIFAR_TEST = str(SHARED / "cifar10" / "test-000.tar")
 
-# Each method runs its CIFAR-10 recipe (src/selfsup/recipes/<recipe>.yaml: heads, loss, augmentation and
-# optimizer of the authors / solo-learn) on a CPU-sized encoder, with its step counts scaled to the budget.
-CONV = ("small_cnn", {"width": 32})
-VIT = ("vit_tiny", {"patch_size": 4, "depth": 6})
-RECIPES: dict[str, str] = {
-    "simclr": "simclr_cifar10",
-    "byol": "byol_cifar10",
-    "mocov2": "mocov2_cifar10",
-    "mocov3": "mocov3_cifar10",
-    "nnclr": "nnclr_cifar10",
-    "dcl": "dcl_cifar10",
-    "simsiam": "simsiam_cifar10",
-    "barlow_twins": "barlow_twins_cifar10",
-    "vicreg": "vicreg_cifar10",
-    "wmse": "wmse_cifar10",
-    "lejepa": "lejepa_cifar10",
-    "swav": "swav_cifar10",
-    "dino": "dino_cifar10",
-    "dinov2": "dinov2_cifar10",
-    "mae": "mae_cifar10",
-    "ijepa": "ijepa_cifar10",
-    "data2vec": "data2vec_vit_cifar10",
-}
-ENCODER = {m: VIT if m in ("dinov2", "mae", "ijepa", "data2vec") else CONV for m in RECIPES}
-# Recipe options counted in steps of a 195,000-step run, rescaled (fractions of the run) or sized for a CPU
-# encoder (the MAE decoder and the I-JEPA predictor at the width of ViT-Tiny, not of ViT-Small).
-SCALED: dict[str, list[str]] = {
-    "dino": ["method.freeze_last_layer=0.01"],
-    "dinov2": ["method.freeze_last_layer=0.01"],
-    "swav": ["method.freeze_prototypes_steps=0.01", "method.queue_size=0"],
-    "mae": ["method.decoder_dim=128", "method.decoder_depth=2", "method.decoder_heads=4"],
-    "ijepa": ["method.predictor_dim=96", "method.predictor_depth=2"],
-}
 COMMON = ["train.batch_size=256", "train.progress=false", "train.knn_every=0", "train.precision=fp32"]
 CALIBRATION_STEPS = 6
 
 
 def encoder_name(method: str) -> str:
-    name, options = ENCODER[method]
+    name, options = cpu_encoder(method)
     return "-".join([name, *(f"{k}{v}" for k, v in options.items())])
 
 
 def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> Config:
-    """The method's recipe at CPU scale: its encoder replaced, warm-up 10 % of ``steps``, no checkpoints
-    beyond the last."""
-    overrides = [
-        *COMMON,
-        *SCALED.get(method, []),
-        f"data.source={args.data}",
-        f"data.cache_dir={Path(args.out) / 'cache'}",
-        "data.val=null",
-        f"train.seed={seed}",
-        f"train.steps={steps}",
-        f"optim.warmup_steps={max(1, steps // 10)}",
-        f"train.checkpoint_every={max(steps, 1)}",
-        f"train.log_every={max(1, steps // 20)}",
-    ]
-    config = make_config(RECIPES[method], overrides=overrides)
-    name, options = ENCODER[method]
-    keep = {k: v for k, v in config.encoder.params.items() if k in ENCODER_KEEPS.get(name, ())}
-    config.encoder = dataclasses.replace(config.encoder, name=name, params={**keep, **options})
-    return config
-
-
-# Recipe encoder options that carry over to the CPU encoder (a ViT recipe's pooling, class token, positions).
-ENCODER_KEEPS = {"vit_tiny": ("class_token", "pool", "pos_embed", "layer_scale")}
+    """The method's CIFAR-10 recipe at CPU scale (:func:`selfsup.benchmark.cpu_recipe`), batch 256, fp32."""
+    cache = f"data.cache_dir={Path(args.out) / 'cache'}"
+    return cpu_recipe(method, data=args.data, steps=steps, seed=seed, overrides=[*COMMON, cache])
 
 
 def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -159,7 +107,7 @@ def raw_pixel_row(run: Path, args: argparse.Namespace) -> dict[str, float | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--methods", nargs="+", default=list(VISION_RECIPES), choices=list(VISION_RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--budget", type=float, default=300.0, help="pretraining seconds per run")
     parser.add_argument("--data", default=CIFAR_TRAIN)

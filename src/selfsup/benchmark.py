@@ -112,6 +112,82 @@ def _pretrain_row(
     }
 
 
+# ---------------------------------------------------------------------------- recipes at CPU scale
+
+# Each image method's CIFAR-10 recipe (heads, loss, augmentation and optimizer of the authors / solo-learn).
+VISION_RECIPES: dict[str, str] = {
+    "simclr": "simclr_cifar10",
+    "byol": "byol_cifar10",
+    "mocov2": "mocov2_cifar10",
+    "mocov3": "mocov3_cifar10",
+    "nnclr": "nnclr_cifar10",
+    "dcl": "dcl_cifar10",
+    "simsiam": "simsiam_cifar10",
+    "barlow_twins": "barlow_twins_cifar10",
+    "vicreg": "vicreg_cifar10",
+    "wmse": "wmse_cifar10",
+    "lejepa": "lejepa_cifar10",
+    "swav": "swav_cifar10",
+    "dino": "dino_cifar10",
+    "dinov2": "dinov2_cifar10",
+    "mae": "mae_cifar10",
+    "ijepa": "ijepa_cifar10",
+    "data2vec": "data2vec_vit_cifar10",
+}
+# The CPU-sized encoders that replace the recipes' ResNet-18 / ViT-S: a 4-layer ConvNet, a 6-block ViT-Tiny.
+CPU_CONVNET: tuple[str, dict[str, Any]] = ("small_cnn", {"width": 32})
+CPU_VIT: tuple[str, dict[str, Any]] = ("vit_tiny", {"patch_size": 4, "depth": 6})
+VIT_METHODS = ("dinov2", "mae", "ijepa", "data2vec")
+# Recipe encoder options that carry over to the CPU ViT (pooling, class token, positions, LayerScale).
+_VIT_KEEPS = ("class_token", "pool", "pos_embed", "layer_scale")
+# Recipe options counted in steps of a 195,000-step run, rescaled (fractions of the run), or sized for the
+# CPU ViT (the MAE decoder and the I-JEPA predictor at the width of ViT-Tiny, not of ViT-Small).
+_CPU_SCALED: dict[str, list[str]] = {
+    "dino": ["method.freeze_last_layer=0.01"],
+    "dinov2": ["method.freeze_last_layer=0.01"],
+    "swav": ["method.freeze_prototypes_steps=0.01", "method.queue_size=0"],
+    "mae": ["method.decoder_dim=128", "method.decoder_depth=2", "method.decoder_heads=4"],
+    "ijepa": ["method.predictor_dim=96", "method.predictor_depth=2"],
+}
+
+
+def cpu_encoder(method: str) -> tuple[str, dict[str, Any]]:
+    """The CPU-sized encoder ``(name, options)`` that :func:`cpu_recipe` trains for ``method``."""
+    return CPU_VIT if method in VIT_METHODS else CPU_CONVNET
+
+
+def cpu_recipe(
+    method: str, *, data: str, steps: int, seed: int = 0, overrides: list[str] | None = None
+) -> Any:
+    """``method``'s CIFAR-10 recipe at CPU scale: its encoder replaced by :func:`cpu_encoder`'s, ``steps``
+    optimizer steps with 10 % warm-up, step-counted options rescaled to fractions of the run, a
+    checkpoint only at the end. The method's loss, heads, view policy and optimizer stay the recipe's."""
+    import dataclasses
+
+    from selfsup.api import make_config
+
+    if method not in VISION_RECIPES:
+        raise ConfigError(f"no CIFAR-10 recipe for {method!r}; known: {', '.join(VISION_RECIPES)}")
+    config = make_config(
+        VISION_RECIPES[method],
+        overrides=[
+            *_CPU_SCALED.get(method, []),
+            f"data.source={data}",
+            "data.val=null",
+            f"train.seed={seed}",
+            f"train.steps={steps}",
+            f"optim.warmup_steps={max(1, steps // 10)}",
+            f"train.checkpoint_every={max(steps, 1)}",
+            f"train.log_every={max(1, steps // 20)}",
+            *(overrides or []),
+        ],
+    )
+    name, options = cpu_encoder(method)
+    keep = {k: v for k, v in config.encoder.params.items() if name.startswith("vit") and k in _VIT_KEEPS}
+    config.encoder = dataclasses.replace(config.encoder, name=name, params={**keep, **options})
+    return config
+
+
 def run_benchmark(
     *,
     data: str | list[str],
@@ -165,4 +241,4 @@ def _write(result: BenchResult, out: Path) -> None:
     result.csv = write_text_atomic(out / "results.csv", _csv_text(result.rows))
 
 
-__all__ = ["BenchResult", "markdown_table", "run_benchmark"]
+__all__ = ["VISION_RECIPES", "BenchResult", "cpu_encoder", "cpu_recipe", "markdown_table", "run_benchmark"]

@@ -257,6 +257,14 @@ def _resolve(config: Config, dotted: str) -> Any:
     return obj
 
 
+def _rename(component: Component, name: str) -> None:
+    """Choose another registered component: the options set so far were for the old one (a recipe's ResNet
+    ``stem`` means nothing to a ViT), so they go, as with ``--encoder`` / ``--method``."""
+    if name != component.name:
+        component.params = {}
+    component.name = name
+
+
 def set_value(config: Config, dotted: str, value: Any) -> None:
     """Set ``section.key`` (or ``method.<param>`` for a component) with type coercion."""
     parts = dotted.split(".")
@@ -268,6 +276,9 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
             # method.temperature=0.2 -> method.params["temperature"]; checked against the factory later
             obj.params[".".join(parts[depth:])] = value
             return
+        if isinstance(obj, Component) and part == "name" and is_last and isinstance(value, str):
+            _rename(obj, value)
+            return
         names = _section_fields(obj)
         if part not in names:
             where = ".".join(parts[:depth]) or "the top level"
@@ -278,7 +289,7 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
             current = getattr(obj, part)
             if isinstance(current, Component):
                 if isinstance(value, str):
-                    current.name = value
+                    _rename(current, value)
                     return
                 if isinstance(value, dict):
                     apply_dict(config, value, path + ".")

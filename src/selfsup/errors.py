@@ -28,4 +28,9 @@ class DeviceError(SelfsupError, RuntimeError):
     """A device (or a device feature such as bf16) was asked for that this machine does not have."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "SelfsupError"]
+class CollapseError(SelfsupError, RuntimeError):
+    """The representations of a run have collapsed (data2vec's targets lost their variance, W-MSE's batch
+    cannot be whitened): training cannot go on as configured."""
+
+
+__all__ = ["CheckpointError", "CollapseError", "ConfigError", "DataError", "DeviceError", "SelfsupError"]

@@ -14,6 +14,7 @@ from safetensors.torch import save as save_bytes
 from tiny_data import build_parts, combinations, make_views
 
 from selfsup.augment import VIEW_POLICIES
+from selfsup.errors import SelfsupError
 from selfsup.methods import METHODS, MethodOutput, StepInfo, Views
 from selfsup.modalities import MODALITIES
 
@@ -41,6 +42,9 @@ def test_forward_backward_and_state(method_name: str, encoder_name: str) -> None
     missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
     assert any(p.grad.abs().sum() > 0 for n, p in trainable if n.startswith("encoder."))
+    # Nothing reaches a teacher, a queue or any stop-gradient branch.
+    leaked = [n for n, p in method.named_parameters() if not p.requires_grad and p.grad is not None]
+    assert not leaked, f"frozen parameters with a gradient: {leaked[:5]}"
     method.before_optimizer_step(STEP)
     method.on_optimizer_step(STEP)
     # The state dict must be storable with safetensors (no shared storage, tensors only).
@@ -90,6 +94,26 @@ def test_loss_is_deterministic_and_permutation_invariant(method_name: str, encod
         aux={name: value[order] for name, value in views.aux.items()},
     )
     torch.testing.assert_close(b(permuted, STEP).loss, loss, rtol=1e-5, atol=1e-6)
+
+
+@pairs
+def test_a_batch_of_two_identical_samples_gives_a_finite_loss_and_gradients(
+    method_name: str, encoder_name: str
+) -> None:
+    """The smallest batch, with both embeddings alike (a collapsed batch): no NaN / inf anywhere, or a
+    clear error naming the batch (W-MSE cannot whiten two samples)."""
+    method, policy, _, data = build_parts(method_name, encoder_name)
+    twins = data.subset(torch.tensor([0, 0]))
+    views = policy(twins.batch(torch.arange(2)), torch.Generator().manual_seed(0))
+    try:
+        out = method(views, STEP)
+    except SelfsupError as error:  # the CLI prints it without a traceback
+        assert "batch" in str(error)
+        return
+    assert torch.isfinite(out.loss), f"loss {out.loss}"
+    out.loss.backward()
+    bad = [n for n, p in method.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:5]}"
 
 
 @pairs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from selfsup.api import make_config
 from selfsup.config import (
     Config,
     ConfigError,
@@ -122,3 +123,13 @@ def test_packaged_recipes_load_and_validate() -> None:
 def test_unknown_recipe_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'simclr_digits'"):
         load_recipe("simclr_digit")
+
+
+def test_naming_another_component_drops_the_options_of_the_old_one() -> None:
+    """`encoder=vit_tiny` over a ResNet recipe: the recipe's `stem` would be an unknown ViT option."""
+    for override in ("encoder=vit_tiny", "encoder.name=vit_tiny"):
+        config = make_config("dino_cifar10", overrides=[override, "encoder.patch_size=4"])
+        assert config.encoder.name == "vit_tiny" and config.encoder.params == {"patch_size": 4}
+    same = make_config("dino_cifar10", overrides=["encoder=resnet18"])  # the same name keeps them
+    assert same.encoder.params["stem"] == "cifar"
+    assert make_config("dino_cifar10", overrides=["method=dino"]).method.params["out_dim"] == 4096

@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from selfsup import dist
 from selfsup.encoders.base import Encoder, EncoderOutput, pool_unmasked, require_capabilities
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.errors import CollapseError, ConfigError
 from selfsup.losses.data2vec import data2vec_regression, data2vec_targets, mean_std_from_moments
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.teacher import EMATeacher
@@ -85,10 +85,6 @@ from selfsup.teacher import EMATeacher
 __all__ = ["CollapseError", "Data2Vec", "ema_decay_at"]
 
 TARGET_LAYERS = ("auto", "ffn", "block")
-
-
-class CollapseError(SelfsupError, RuntimeError):
-    """data2vec's targets or predictions have lost their variance: the run has collapsed."""
 
 
 def ema_decay_at(updates: int, start: float, end: float, anneal_end_step: int) -> float:

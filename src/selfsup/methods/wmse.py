@@ -23,7 +23,7 @@ import torch
 
 from selfsup import dist
 from selfsup.encoders.base import Encoder
-from selfsup.errors import ConfigError
+from selfsup.errors import CollapseError, ConfigError
 from selfsup.heads import MLPHead
 from selfsup.losses import wmse
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -91,5 +91,15 @@ class WMSE(Method):
                 "with train.accumulate); set method.params.whiten_size to a divisor, or 0 for the whole batch"
             )
         generator = torch.Generator().manual_seed(self.seed * 2**32 + step.step)
-        loss = wmse(z1_all, z2_all, size, self.iterations, self.eps, generator=generator)
+        try:
+            loss = wmse(z1_all, z2_all, size, self.iterations, self.eps, generator=generator)
+        except ValueError as error:
+            if "singular" not in str(error):
+                raise
+            raise CollapseError(
+                f"wmse at step {step.step}: {error}. The batch's embeddings are collapsed or duplicated, "
+                "or a "
+                f"whitening sub-batch ({size} samples) is too small for {z1_all.shape[1]} dimensions; set "
+                "method.eps (e.g. 1e-3) to shrink the covariance towards the identity, or use larger batches"
+            ) from error
         return MethodOutput(loss=loss, embeddings=z1.detach(), features=h1.detach())
