@@ -60,15 +60,23 @@ def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> 
     return cpu_recipe(method, data=args.data, steps=steps, seed=seed, overrides=[*COMMON, cache])
 
 
+def seconds_per_step(run: Path) -> float:
+    """Seconds per optimizer step of a calibration run, from the throughput it logged after warming up (its
+    first steps include start-up and first-call costs, which made the 2026-12-01 runs use 60-80 % of the
+    budget)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = [r["samples_per_s"] for r in rows if r.get("kind") == "train" and r["step"] > 2]
+    batch = int(next(o.split("=")[1] for o in COMMON if o.startswith("train.batch_size=")))
+    return batch / statistics.median(speeds)
+
+
 def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Calibrate seconds per step, then pretrain for the budget. (run dir, summary)."""
     if not (out / "summary.json").exists():
         probe_dir = out.parent / f"{out.name}-calibrate"
         if not (probe_dir / "summary.json").exists():
             pretrain_run(config_for(method, seed, CALIBRATION_STEPS, args), probe_dir)
-        calibration = json.loads((probe_dir / "summary.json").read_text())
-        per_step = float(calibration["wall_seconds"]) / CALIBRATION_STEPS
-        steps = max(10, int(args.budget / per_step))
+        steps = max(10, int(args.budget / seconds_per_step(probe_dir)))
         config = make_config(
             config_for(method, seed, steps, args), overrides=[f"train.time_limit_s={args.budget * 1.2}"]
         )
@@ -163,8 +171,8 @@ def _mean_std(values: list[float]) -> str:
 def table(results: dict[str, Any]) -> str:
     """One row per method (mean ± std over seeds), then the random-init and raw-pixel rows."""
     lines = [
-        "| method | encoder | seeds | steps in budget | kNN top-1 @20 | linear top-1 |",
-        "|---|---|---|---|---|---|",
+        "| method | encoder | seeds | steps | pretrain s | kNN top-1 @20 | linear top-1 |",
+        "|---|---|---|---|---|---|---|",
     ]
     methods = sorted({k.split("/")[0] for k in results if k.count("/") == 1 and not k.startswith("random")})
     rows = []
@@ -173,6 +181,7 @@ def table(results: dict[str, Any]) -> str:
         knn = [float(r["knn"]) for r in runs if r.get("knn") is not None]
         linear = [float(r["linear"]) for r in runs if r.get("linear") is not None]
         steps = "/".join(str(r.get("steps")) for r in runs)
+        steps += " | " + "/".join(f"{float(r.get('pretrain_s') or 0):.0f}" for r in runs)
         rows.append(
             (
                 statistics.mean(linear) if linear else 0.0,
@@ -189,11 +198,11 @@ def table(results: dict[str, Any]) -> str:
     for key, value in results.items():
         if key.startswith("random init/"):
             cells = [_mean_std([value[k]]) if value.get(k) is not None else "—" for k in ("knn", "linear")]
-            lines.append(f"| random init | {value['encoder']} | — | 0 | {cells[0]} | {cells[1]} |")
+            lines.append(f"| random init | {value['encoder']} | — | 0 | — | {cells[0]} | {cells[1]} |")
     if "raw pixels" in results:
         raw = results["raw pixels"]
         cells = [_mean_std([raw[k]]) if raw.get(k) is not None else "—" for k in ("knn", "linear")]
-        lines.append(f"| raw pixels | — | — | — | {cells[0]} | {cells[1]} |")
+        lines.append(f"| raw pixels | — | — | — | — | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
