@@ -73,10 +73,15 @@ def seconds_per_step(run: Path) -> float:
 def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Calibrate seconds per step, then pretrain for the budget. (run dir, summary)."""
     if not (out / "summary.json").exists():
-        probe_dir = out.parent / f"{out.name}-calibrate"
-        if not (probe_dir / "summary.json").exists():
-            pretrain_run(config_for(method, seed, CALIBRATION_STEPS, args), probe_dir)
-        steps = max(10, int(args.budget / seconds_per_step(probe_dir)))
+        first = out.parent / f"{method}-seed0" / "summary.json"
+        if seed != 0 and first.exists():
+            # Other seeds train as many steps as seed 0: the spread is over seeds, not over step counts.
+            steps = int(json.loads(first.read_text())["steps"])
+        else:
+            probe_dir = out.parent / f"{out.name}-calibrate"
+            if not (probe_dir / "summary.json").exists():
+                pretrain_run(config_for(method, seed, CALIBRATION_STEPS, args), probe_dir)
+            steps = max(10, int(args.budget / seconds_per_step(probe_dir)))
         config = make_config(
             config_for(method, seed, steps, args), overrides=[f"train.time_limit_s={args.budget * 1.2}"]
         )
