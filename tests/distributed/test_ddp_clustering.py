@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from _compare import assert_matches_one_process
 from _launch import run_in_processes
 from torch import nn
 
@@ -82,22 +83,6 @@ def _worker(rank: int, world: int, names: list[str]) -> list[dict[str, object]]:
     return results
 
 
-def _compare(single: dict, ranks: list[dict]) -> None:
-    for result in ranks:
-        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
-        assert result["grads"].keys() == single["grads"].keys()
-        for name, grad in single["grads"].items():
-            scale = float(np.abs(grad).max()) + 1e-12
-            np.testing.assert_allclose(
-                result["grads"][name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
-            )
-        for name, value in single["state"].items():
-            scale = float(np.abs(value).max()) + 1e-12
-            np.testing.assert_allclose(
-                result["state"][name], value, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
-            )
-
-
 def test_swav_wmse_and_lejepa_on_two_processes_match_one() -> None:
     names = list(OPTIONS)
     singles = {}
@@ -106,7 +91,7 @@ def test_swav_wmse_and_lejepa_on_two_processes_match_one() -> None:
         singles[name] = _train(method, method, slice(None), name)
     per_method = dict(zip(names, zip(*run_in_processes(_worker, 2, names))))
     for name in names:
-        _compare(singles[name], list(per_method[name]))
+        assert_matches_one_process(singles[name], list(per_method[name]), name)
     swav_single, swav_ranks = singles["swav"], per_method["swav"]
     # The test can fail: the queue was really used in the last two steps, and is the same on both ranks.
     assert [log["queue_used"] for log in swav_single["logs"]] == [0.0, 0.0, 1.0, 1.0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from _compare import assert_matches_one_process
 from _launch import run_in_processes
 from torch import nn
 
@@ -100,19 +101,7 @@ def _worker(rank: int, world: int, kinds: list[str]) -> list[dict[str, object]]:
 
 
 def _compare(single: dict, ranks: list[dict], centers: tuple[str, ...]) -> None:
-    for result in ranks:
-        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
-        assert result["grads"].keys() == single["grads"].keys()
-        for name, grad in single["grads"].items():
-            scale = float(np.abs(grad).max()) + 1e-12
-            np.testing.assert_allclose(
-                result["grads"][name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
-            )
-        for name, value in single["state"].items():
-            scale = float(np.abs(value).max()) + 1e-12
-            np.testing.assert_allclose(
-                result["state"][name], value, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=name
-            )
+    assert_matches_one_process(single, ranks)
     for name in centers:
         assert np.abs(single["state"][name]).max() > 1e-3  # the center really moved
         np.testing.assert_array_equal(ranks[0]["state"][name], ranks[1]["state"][name])
