@@ -16,10 +16,9 @@ import torch
 from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
-from selfsup.heads import MLPHead
 from selfsup.losses import dcl
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
-from selfsup.methods.simclr import AUTHORS_HEAD_INIT_STD
+from selfsup.methods.simclr import project_two_views, simclr_projector
 
 
 @METHODS.register("dcl")
@@ -57,27 +56,14 @@ class DCL(Method):
             raise ConfigError(
                 f"weight_sigma must be positive (0.5 for DCLW) or null for DCL, got {weight_sigma}"
             )
-        self.projector = MLPHead(
-            encoder.embed_dim,
-            hidden_dim or encoder.embed_dim,
-            projection_dim,
-            last_bn=head_last_bn,
-            last_bn_scale=head_last_bn,
-            init_std=AUTHORS_HEAD_INIT_STD if head_last_bn else None,
-        )
+        self.projector = simclr_projector(encoder, projection_dim, hidden_dim, head_last_bn)
         self.temperature = temperature
         self.weight_sigma = weight_sigma
         self.gather_negatives = gather_negatives
 
     def forward(self, views: Views, step: StepInfo) -> MethodOutput:
-        if views.num_global != 2 or len(views.inputs) != 2:
-            raise ValueError("DCL takes exactly two global views per sample")
+        h, z1, z2 = project_two_views(self.encoder, self.projector, views, "DCL")
         batch = views.batch_size
-        # One forward over both views (BatchNorm statistics over all 2B samples), as SimCLR.
-        x, padding = views.global_batch()
-        h = self.encoder(x, padding_mask=padding).pooled
-        z = self.projector(h)
-        z1, z2 = z[:batch], z[batch:]
         z1_all, z2_all, offset = dist.gather_views(z1, z2) if self.gather_negatives else (z1, z2, 0)
         loss = dcl(
             z1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from torch import Tensor, nn
 
 from selfsup import dist
 from selfsup.encoders.base import Encoder
@@ -23,6 +24,34 @@ from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 # The authors' head initialises its Linear layers from N(0, 0.01²) (``linear_layer`` in
 # google-research/simclr model_util.py).
 AUTHORS_HEAD_INIT_STD = 0.01
+
+
+def simclr_projector(
+    encoder: Encoder, projection_dim: int, hidden_dim: int | None, authors_head: bool
+) -> MLPHead:
+    """SimCLR's projection head on ``encoder``: the authors' (last BatchNorm with a scale, N(0, 0.01²)
+    weights) when ``authors_head``, else the paper's figure (Linear-BN-ReLU-Linear with a bias)."""
+    return MLPHead(
+        encoder.embed_dim,
+        hidden_dim or encoder.embed_dim,
+        projection_dim,
+        last_bn=authors_head,
+        last_bn_scale=authors_head,
+        init_std=AUTHORS_HEAD_INIT_STD if authors_head else None,
+    )
+
+
+def project_two_views(
+    encoder: Encoder, projector: nn.Module, views: Views, name: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(h (2B, D) pooled, z1 (B, P), z2 (B, P))``: both views in one encoder pass, as the reference
+    implementation (BatchNorm statistics over all 2B samples), then the projector."""
+    if views.num_global != 2 or len(views.inputs) != 2:
+        raise ValueError(f"{name} takes exactly two global views per sample")
+    x, padding = views.global_batch()
+    h = encoder(x, padding_mask=padding).pooled
+    z = projector(h)
+    return h, z[: views.batch_size], z[views.batch_size :]
 
 
 @METHODS.register("simclr")
@@ -66,28 +95,14 @@ class SimCLR(Method):
             raise ValueError(f"temperature must be positive, got {temperature}")
         if loss_scale <= 0:
             raise ValueError(f"loss_scale must be positive, got {loss_scale}")
-        self.projector = MLPHead(
-            encoder.embed_dim,
-            hidden_dim or encoder.embed_dim,
-            projection_dim,
-            last_bn=head_last_bn,
-            last_bn_scale=head_last_bn,
-            init_std=AUTHORS_HEAD_INIT_STD if head_last_bn else None,
-        )
+        self.projector = simclr_projector(encoder, projection_dim, hidden_dim, head_last_bn)
         self.temperature = temperature
         self.gather_negatives = gather_negatives
         self.loss_scale = loss_scale
 
     def forward(self, views: Views, step: StepInfo) -> MethodOutput:
-        if views.num_global != 2 or len(views.inputs) != 2:
-            raise ValueError("SimCLR takes exactly two global views per sample")
+        h, z1, z2 = project_two_views(self.encoder, self.projector, views, "SimCLR")
         batch = views.batch_size
-        # One forward over both views, as in the reference implementation: BatchNorm statistics
-        # are computed over all 2B samples.
-        x, padding = views.global_batch()
-        h = self.encoder(x, padding_mask=padding).pooled
-        z = self.projector(h)
-        z1, z2 = z[:batch], z[batch:]
         z1_all, z2_all, offset = dist.gather_views(z1, z2) if self.gather_negatives else (z1, z2, 0)
         loss = nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
         with torch.no_grad():
