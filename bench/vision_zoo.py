@@ -10,8 +10,9 @@ same probes. ``--seeds`` repeats pretraining (and nothing else) with other seeds
 
     python bench/vision_zoo.py --budget 300 --out runs/vision_zoo
     python bench/vision_zoo.py --methods simclr dino --seeds 0 1 2 --out runs/vision_zoo
-    python bench/vision_zoo.py --data ../shared/data/images/imagenette64/train-*.tar \\
-        --test ../shared/data/images/imagenette64/val-*.tar --methods simclr byol dino mae --out runs/zoo_inet
+    python bench/vision_zoo.py --data ../shared/data/images/imagenette64/train-000.tar.gz \\
+        --test ../shared/data/images/imagenette64/val-000.tar.gz --methods simclr byol dino mae \\
+        --set data.image_size=64 augment.size=64 encoder.patch_size=8 --out runs/zoo_inet
 
 Results accumulate in ``OUT/vision_zoo.json`` (runs already measured are kept) and are written to
 ``bench/RESULTS.md`` unless ``--no-write``.
@@ -49,15 +50,21 @@ COMMON = ["train.batch_size=256", "train.progress=false", "train.knn_every=0", "
 CALIBRATION_STEPS = 6
 
 
-def encoder_name(method: str) -> str:
+def encoder_name(method: str, args: argparse.Namespace) -> str:
     name, options = cpu_encoder(method)
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        if key.startswith("encoder."):
+            options = {**options, key.removeprefix("encoder."): value}
     return "-".join([name, *(f"{k}{v}" for k, v in options.items())])
 
 
 def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> Config:
     """The method's CIFAR-10 recipe at CPU scale (:func:`selfsup.benchmark.cpu_recipe`), batch 256, fp32."""
     cache = f"data.cache_dir={Path(args.out) / 'cache'}"
-    return cpu_recipe(method, data=args.data, steps=steps, seed=seed, overrides=[*COMMON, cache])
+    config = cpu_recipe(method, data=args.data, steps=steps, seed=seed, overrides=[*COMMON, cache])
+    # --set applies after the CPU encoder is in place, so that it can change the encoder's options too.
+    return make_config(config, overrides=args.set) if args.set else config
 
 
 def seconds_per_step(run: Path) -> float:
@@ -91,7 +98,7 @@ def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) ->
 
 def random_init_run(method: str, args: argparse.Namespace) -> Path:
     """The method's encoder at its initial weights (a 0-step run), shared by methods with one encoder."""
-    out = Path(args.out) / f"random-init-{encoder_name(method)}"
+    out = Path(args.out) / f"random-init-{encoder_name(method, args)}"
     if not (out / "summary.json").exists():
         pretrain_run(config_for(method, 0, 0, args), out)
     return out
@@ -126,6 +133,13 @@ def main() -> None:
     parser.add_argument("--data", default=CIFAR_TRAIN)
     parser.add_argument("--test", default=CIFAR_TEST)
     parser.add_argument("--out", default="runs/vision_zoo")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="key=value",
+        help="overrides of every run, e.g. data.image_size=64 augment.size=64 for 64-pixel images",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -137,7 +151,7 @@ def main() -> None:
         saved.write_text(json.dumps(results, indent=1, default=str))
 
     for method in args.methods:
-        encoder = encoder_name(method)
+        encoder = encoder_name(method, args)
         if f"random init/{encoder}" not in results:
             baseline = random_init_run(method, args)
             results[f"random init/{encoder}"] = {**probe(baseline, args), "encoder": encoder}
@@ -216,7 +230,8 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     text = (
         f"\n### Vision method zoo on CPU, {args.budget:.0f} s per method — {date.today().isoformat()}\n\n"
         f"Machine: {machine()}. Command: `{command}`. Train: `{Path(args.data).name}`, test: "
-        f"`{Path(args.test).name}`; batch 256, fp32.\n\n{table(results)}\n"
+        f"`{Path(args.test).name}`; batch 256, fp32{'; ' + ' '.join(args.set) if args.set else ''}.\n\n"
+        f"{table(results)}\n"
     )
     with RESULTS.open("a") as handle:
         handle.write(text)

@@ -6,7 +6,10 @@ its components' cheap options to ``SMALL_ENCODER`` / ``SMALL_METHOD``.
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -189,3 +192,23 @@ def build_parts(
 
 def make_views(policy: ViewPolicy, data: Dataset, seed: int = 0) -> Views:
     return policy(data.batch(torch.arange(len(data))), torch.Generator().manual_seed(seed))
+
+
+def first_samples_of_shard(source: Path, target: Path, count: int, corrupt: bool = False) -> Path:
+    """A tar shard of the first ``count`` samples of a real shard (``source``); with ``corrupt``, one
+    more sample whose JPEG is garbage."""
+    with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
+        keys: list[str] = []
+        for member in src:
+            key = member.name.rsplit(".", 1)[0]
+            if key not in keys:
+                if len(keys) == count:
+                    break
+                keys.append(key)
+            dst.addfile(member, src.extractfile(member))
+        if corrupt:
+            for name, payload in (("broken_0001.jpg", b"not a jpeg at all"), ("broken_0001.cls", b"3")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                dst.addfile(info, io.BytesIO(payload))
+    return target

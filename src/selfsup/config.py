@@ -102,6 +102,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eta: float = 0.001
     """LARS trust coefficient."""
+    clip_lr: bool = False
+    """LARS: cap each tensor's adapted rate at the learning rate (solo-learn's ``clip_lars_lr``)."""
     warmup_steps: int | None = None
     """Linear warm-up length; None means 10% of the steps."""
     final_lr: float = 0.0

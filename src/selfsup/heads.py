@@ -33,8 +33,9 @@ class MLPHead(nn.Module):
     learnable scale (SimCLR's authors' head: their last layer is ``linear_layer(use_bias=False,
     use_bn=True)``, a BN with ``center=False, scale=True``); without it the BN has no affine
     parameters (Barlow Twins-style heads). Linear layers followed by BN have no bias (the
-    normalization would cancel it). ``init_std`` draws the Linear weights from N(0, init_std²)
-    (SimCLR's code uses 0.01); None keeps PyTorch's default initialisation.
+    normalization would cancel it); ``last_bias=False`` drops the last Linear's bias without a BN after it
+    (the Barlow Twins / VICReg projectors, MoCo v3's ``_build_mlp``). ``init_std`` draws the Linear
+    weights from N(0, init_std²) (SimCLR's code uses 0.01); None keeps PyTorch's default initialisation.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class MLPHead(nn.Module):
         num_layers: int = 2,
         last_bn: bool = False,
         last_bn_scale: bool = False,
+        last_bias: bool = True,
         init_std: float | None = None,
     ) -> None:
         super().__init__()
@@ -62,7 +64,7 @@ class MLPHead(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+        layers.append(nn.Linear(dim, out_dim, bias=last_bias and not last_bn))
         if last_bn:
             layers.append(nn.BatchNorm1d(out_dim, affine=False))
             if last_bn_scale:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+from tiny_data import first_samples_of_shard
 
 TINY_DIGITS = [
     "data.image_size=16",
@@ -257,28 +256,11 @@ def test_zero_steps_saves_the_random_initialisation_as_a_usable_run(tmp_path: Pa
 # --------------------------------------------------------------------------- real CIFAR-10 images
 
 
-def _small_shard(source: Path, target: Path, count: int, corrupt: bool = False) -> Path:
-    """The first ``count`` samples of a real shard; optionally one more whose JPEG is garbage."""
-    with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
-        keys: list[str] = []
-        for member in src:
-            key = member.name.rsplit(".", 1)[0]
-            if key not in keys:
-                if len(keys) == count:
-                    break
-                keys.append(key)
-            dst.addfile(member, src.extractfile(member))
-        if corrupt:
-            for name, payload in (("broken_0001.jpg", b"not a jpeg at all"), ("broken_0001.cls", b"3")):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                dst.addfile(info, io.BytesIO(payload))
-    return target
-
-
 def test_cifar10_shards_end_to_end(cifar10_dir: Path, tmp_path: Path) -> None:
-    train = _small_shard(cifar10_dir / "train-000.tar", tmp_path / "train-000.tar", 300, corrupt=True)
-    test = _small_shard(cifar10_dir / "test-000.tar", tmp_path / "test-000.tar", 200)
+    train = first_samples_of_shard(
+        cifar10_dir / "train-000.tar", tmp_path / "train-000.tar", 300, corrupt=True
+    )
+    test = first_samples_of_shard(cifar10_dir / "test-000.tar", tmp_path / "test-000.tar", 200)
     run = tmp_path / "run"
     overrides = ["encoder.stem=cifar", "encoder.width=8", "method.hidden_dim=64", "train.knn_every=0"]
     done = selfsup(

@@ -165,15 +165,17 @@ def test_mocov3_loss_is_two_tau_times_both_directions() -> None:
 def test_mocov3_heads_are_the_authors_mlps() -> None:
     torch.manual_seed(0)
     vit = MoCoV3(encoder=_encoder(), hidden_dim=16, projection_dim=8)
-    linears = [m for m in vit.projector if isinstance(m, nn.Linear)]
+    linears = [m for m in vit.projector.layers if isinstance(m, nn.Linear)]
     assert len(linears) == 3 and all(m.bias is None for m in linears)
-    assert isinstance(vit.projector[-1], nn.BatchNorm1d) and not vit.projector[-1].affine
-    assert isinstance(vit.predictor[-1], nn.BatchNorm1d)
+    assert isinstance(vit.projector.layers[-1], nn.BatchNorm1d) and not vit.projector.layers[-1].affine
+    assert isinstance(vit.predictor.layers[-1], nn.BatchNorm1d)
+    assert all(m.bias is None for m in vit.predictor.layers if isinstance(m, nn.Linear))
     resnet = MoCoV3(
         encoder=_encoder(), hidden_dim=16, projection_dim=8, projector_layers=2, predictor_last_bn=False
     )
-    assert len([m for m in resnet.projector if isinstance(m, nn.Linear)]) == 2
-    assert isinstance(resnet.predictor[-1], nn.Linear) and resnet.predictor[-1].bias is None
+    assert len([m for m in resnet.projector.layers if isinstance(m, nn.Linear)]) == 2
+    last = resnet.predictor.layers[-1]
+    assert isinstance(last, nn.Linear) and last.bias is None
 
 
 def test_mocov2_head_is_linear_relu_linear_with_biases() -> None:

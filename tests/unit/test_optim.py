@@ -53,6 +53,46 @@ def test_lars_hand_computed_step() -> None:
     torch.testing.assert_close(p.detach(), torch.tensor([2.997, 3.996], dtype=torch.float64))
 
 
+def _solo_learn_lars_step(w: Tensor, g: Tensor, *, lr: float, wd: float, eta: float) -> Tensor:
+    """One momentum-free step of solo-learn's LARS with ``clip_lars_lr=True`` (solo/utils/lars.py, from
+    Lightning Bolts), for a tensor with ``wd = 0``, where its trust ratio and ours coincide."""
+    w_norm, g_norm = float(w.norm()), float(g.norm())
+    lars_lr = eta * w_norm / (g_norm + w_norm * wd + 1e-8)
+    lars_lr = min(lars_lr / lr, 1.0)
+    return w - lr * (lars_lr * (g + wd * w))
+
+
+@pytest.mark.parametrize("gradient_scale", [1.0, 1e-4])  # trust below lr (no clip), then far above it
+def test_lars_clip_lr_matches_solo_learn(gradient_scale: float) -> None:
+    gen = torch.Generator().manual_seed(2)
+    w0 = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    g = gradient_scale * torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    for lr in (1.0, 0.3):
+        p = nn.Parameter(w0.clone())
+        p.grad = g.clone()
+        LARS([p], lr=lr, momentum=0.0, eta=0.02, clip_lr=True).step()
+        expected = _solo_learn_lars_step(w0, g, lr=lr, wd=0.0, eta=0.02)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-7, atol=1e-12)
+    # Hand-computed: ||w|| = 5, ||g|| = 1e-3, eta 0.02 -> trust 100 > lr: the step is plain SGD, lr * g.
+    p = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    p.grad = torch.tensor([6e-4, 8e-4], dtype=torch.float64)
+    LARS([p], lr=0.5, momentum=0.0, eta=0.02, clip_lr=True).step()
+    torch.testing.assert_close(p.detach(), torch.tensor([3.0 - 3e-4, 4.0 - 4e-4], dtype=torch.float64))
+    unclipped = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    unclipped.grad = torch.tensor([6e-4, 8e-4], dtype=torch.float64)
+    LARS([unclipped], lr=0.5, momentum=0.0, eta=0.02).step()  # lr * eta * ||w|| = 0.05 along g
+    torch.testing.assert_close(unclipped.detach(), torch.tensor([2.97, 3.96], dtype=torch.float64))
+
+
+def test_lars_clip_lr_is_a_config_option() -> None:
+    from selfsup.api import make_config
+
+    config = make_config("byol_cifar10")
+    assert config.optim.name == "lars" and config.optim.clip_lr is True
+    optimizer = build_optimizer("lars", _net(), lr=0.1, weight_decay=0.0, clip_lr=True)
+    assert all(group["clip_lr"] for group in optimizer.param_groups)
+
+
 def test_lars_zero_norm_edge_cases() -> None:
     # ||w|| == 0: trust 1, so the raw gradient is applied.
     p = nn.Parameter(torch.zeros(2, dtype=torch.float64))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from torch import nn
-
 from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.heads import MLPHead
@@ -27,11 +25,7 @@ def redundancy_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers:
     without bias and without BatchNorm (facebookresearch/barlowtwins and /vicreg: the last layer of
     ``--projector`` / ``--mlp 8192-8192-8192`` has ``bias=False``; both losses cancel a bias anyway,
     since they only see batch-centred statistics)."""
-    head = MLPHead(in_dim, hidden_dim, out_dim, num_layers=num_layers)
-    last = head.layers[-1]
-    assert isinstance(last, nn.Linear)
-    head.layers[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
-    return head
+    return MLPHead(in_dim, hidden_dim, out_dim, num_layers=num_layers, last_bias=False)
 
 
 @METHODS.register("barlow_twins")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.encoders.base import Encoder
 from selfsup.errors import ConfigError
-from selfsup.heads import EncoderWithHead
+from selfsup.heads import EncoderWithHead, MLPHead
 from selfsup.losses import info_nce
 from selfsup.losses.contrastive import l2_normalize
 from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
@@ -273,23 +273,6 @@ class MoCoV2(Method):
         self._micro = 0
 
 
-def moco_v3_mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool) -> nn.Sequential:
-    """MoCo v3's MLP (the authors' ``_build_mlp``): ``num_layers`` bias-free Linear layers, BN + ReLU after
-    each but the last, and a BatchNorm without affine parameters after the last when ``last_bn``."""
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for layer in range(num_layers):
-        last = layer == num_layers - 1
-        out = out_dim if last else hidden_dim
-        layers.append(nn.Linear(dim, out, bias=False))
-        if not last:
-            layers += [nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
-        elif last_bn:
-            layers.append(nn.BatchNorm1d(out, affine=False))
-        dim = out
-    return nn.Sequential(*layers)
-
-
 @METHODS.register("mocov3")
 class MoCoV3(Method):
     """MoCo v3: encoder + projector + predictor against a momentum encoder + projector, no queue.
@@ -341,8 +324,13 @@ class MoCoV3(Method):
         if projector_layers < 1:
             raise ConfigError(f"projector_layers must be at least 1, got {projector_layers}")
         _check_momentum(base_momentum, final_momentum)
-        self.projector = moco_v3_mlp(projector_layers, encoder.embed_dim, hidden_dim, projection_dim, True)
-        self.predictor = moco_v3_mlp(2, projection_dim, hidden_dim, projection_dim, predictor_last_bn)
+        # The authors' _build_mlp: bias-free Linear layers, the projector ending in an affine-free BN.
+        self.projector = MLPHead(
+            encoder.embed_dim, hidden_dim, projection_dim, num_layers=projector_layers, last_bn=True
+        )
+        self.predictor = MLPHead(
+            projection_dim, hidden_dim, projection_dim, last_bn=predictor_last_bn, last_bias=False
+        )
         self.key = EMATeacher(self._query_branch())
         self.temperature = temperature
         self.base_momentum, self.final_momentum = base_momentum, final_momentum

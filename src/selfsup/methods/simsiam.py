@@ -40,8 +40,9 @@ class SimSiam(Method):
         predictor_hidden_dim: the predictor's bottleneck (512 in the paper and solo-learn).
         projector_layers: Linear layers in the projector (3 in the paper's ImageNet setting).
         fix_predictor_lr: give the predictor a constant learning rate (the base rate, neither warmed up
-            nor decayed): the authors' ``--fix-pred-lr`` and solo-learn's ``static_lr``. It needs a
-            trainer that honours a group's ``fixed_lr`` flag (see :meth:`parameter_groups`).
+            nor decayed): the authors' ``--fix-pred-lr`` and solo-learn's ``static_lr``, through the
+            ``fixed_lr`` flag of its parameter groups (see :meth:`parameter_groups`), which the trainer's
+            schedule skips (:func:`selfsup.train.optim.set_learning_rate`).
     """
 
     default_view_policies: ClassVar[dict[str, str]] = {"image": "simclr", "vector": "vector_noise"}
@@ -85,7 +86,7 @@ class SimSiam(Method):
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """The default groups (matrices decayed, norms and biases not) for the encoder and projector;
         with ``fix_predictor_lr`` the predictor's own groups, named ``predictor_*`` and flagged
-        ``fixed_lr=True``: the trainer should leave their learning rate at the base rate."""
+        ``fixed_lr=True``: the trainer leaves their learning rate at the base rate."""
         if not self.fix_predictor_lr:
             return param_groups(self, weight_decay)
         rest = nn.ModuleDict({"encoder": self.encoder, "projector": self.projector})

@@ -363,6 +363,7 @@ def _build_session(config: Config, run_dir: Path, resume: bool) -> Session:
         momentum=optim.momentum,
         betas=optim.betas,
         eta=optim.eta,
+        clip_lr=optim.clip_lr,
     )
     policy = build_policy(config, dataset.info, transform, method.encoder)
     session = Session(

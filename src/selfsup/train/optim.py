@@ -61,6 +61,10 @@ class LARS(Optimizer):
     1. ``g = g + weight_decay * w`` (L2 decay folded into the gradient, before adaptation);
     2. unless the group has ``lars_exclude=True``: ``g = trust * g`` with
        ``trust = eta * ||w|| / ||g||``, and ``trust = 1`` when ``||w|| == 0`` or ``||g|| == 0``;
+       with ``clip_lr``, ``trust = min(trust / lr, 1)``, so that the step ``lr * trust * g`` is
+       ``min(eta * ||w|| / ||g||, lr) * g``: a tensor whose gradient is small against its weights
+       takes a plain SGD step instead of one of ``lr * eta * ||w||`` whatever its gradient
+       (solo-learn's ``clip_lars_lr``, from Lightning Bolts, set in all its CIFAR LARS recipes);
     3. ``buf = momentum * buf + g`` (``buf`` starts at zero, state key ``"momentum_buffer"``);
     4. ``w = w - lr * buf``.
 
@@ -71,7 +75,8 @@ class LARS(Optimizer):
     while the schedule changes the rate. Excluded groups (norms, biases; built with
     ``weight_decay=0`` by :func:`param_groups`) get plain SGD with momentum. ``eta`` defaults to
     0.001 (SimCLR's ``EETA_DEFAULT``, BYOL's ``eta``), ``momentum`` to 0.9. Parameters of one
-    group must live on one device.
+    group must live on one device. (solo-learn's trust ratio divides by ``||g|| + wd * ||w||``
+    rather than ``||g + wd * w||``: equal when the decay is small or parallel to the gradient.)
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class LARS(Optimizer):
         weight_decay: float = 0.0,
         eta: float = 0.001,
         lars_exclude: bool = False,
+        clip_lr: bool = False,
     ) -> None:
         if not math.isfinite(lr) or lr < 0:
             raise ValueError(f"LARS: lr must be a finite number >= 0, got {lr}")
@@ -97,6 +103,7 @@ class LARS(Optimizer):
             "weight_decay": weight_decay,
             "eta": eta,
             "lars_exclude": lars_exclude,
+            "clip_lr": clip_lr,
         }
         super().__init__(params, defaults)
 
@@ -122,6 +129,8 @@ class LARS(Optimizer):
                 u_norm = _stack_norms(torch._foreach_norm(updates))
                 usable = (w_norm > 0) & (u_norm > 0)
                 trust = torch.where(usable, group["eta"] * w_norm / u_norm.clamp_min(1e-38), 1.0)
+                if group["clip_lr"] and lr > 0:
+                    trust = torch.where(usable, (trust / lr).clamp_max(1.0), 1.0)
                 updates = torch._foreach_mul(updates, list(trust.unbind()))
             if momentum != 0:
                 bufs = []
@@ -153,6 +162,7 @@ def build_optimizer(
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
     eta: float = 0.001,
+    clip_lr: bool = False,
 ) -> Optimizer:
     """Build ``"sgd"`` (momentum, no Nesterov), ``"adamw"`` or ``"lars"`` over parameter groups.
 
@@ -161,7 +171,7 @@ def build_optimizer(
     :meth:`~selfsup.methods.base.Method.parameter_groups`. Each group keeps its ``lr_scale`` (1.0 when
     absent) and gets ``lr = lr * lr_scale``; the trainer then calls
     :func:`set_learning_rate` every step. ``momentum`` is used by SGD and LARS, ``betas`` by
-    AdamW, ``eta`` by LARS.
+    AdamW, ``eta`` and ``clip_lr`` by LARS.
     """
     key = name.strip().lower()
     if key not in OPTIMIZER_NAMES:
@@ -186,7 +196,7 @@ def build_optimizer(
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"adamw: betas must be two numbers in [0, 1), got {betas}")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
+    return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr)
 
 
 def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
