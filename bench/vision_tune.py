@@ -28,7 +28,7 @@ from throughput import machine
 from vision_zoo import RESULTS, SHARED
 
 from selfsup.api import load
-from selfsup.benchmark import VISION_RECIPES, cpu_recipe
+from selfsup.benchmark import SHORT_RUNS, VISION_RECIPES, ShortRun, cpu_recipe
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear
 from selfsup.train.loop import pretrain_run
 
@@ -52,13 +52,23 @@ def validation_score(run: Path, method: str, images: int, validation: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", required=True, choices=list(VISION_RECIPES))
-    parser.add_argument("--steps", type=int, default=140)
+    parser.add_argument("--steps", type=int, help="default: 140, or the method's SHORT_RUNS steps")
     parser.add_argument("--grid", nargs="+", required=True, help='e.g. "" "optim.lr=0.5"')
     parser.add_argument("--images", type=int, default=10000, help="pretraining images (and kNN bank)")
     parser.add_argument("--validation", type=int, default=2000, help="held-out train-001 images scored")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--batch", type=int, help="default: the recipe's 256, or the method's SHORT_RUNS batch"
+    )
+    parser.add_argument(
+        "--short-run", action="store_true", help='start from SHORT_RUNS\' settings (to confirm them): grid ""'
+    )
     parser.add_argument("--out", default="runs/vision_tune")
     args = parser.parse_args()
+    short = SHORT_RUNS.get(args.method, ShortRun())
+    if args.steps is None:
+        args.steps = short.steps if args.short_run else ShortRun().steps
+    if args.batch is None:
+        args.batch = short.batch_size if args.short_run else ShortRun().batch_size
     out = Path(args.out)
     common = [
         f"data.max_samples={args.images}",
@@ -71,7 +81,8 @@ def main() -> None:
     ]
     random_run = out / f"{args.method}-random"
     shutil.rmtree(random_run, ignore_errors=True)
-    pretrain_run(cpu_recipe(args.method, data=PRETRAIN, steps=0, overrides=common), random_run)
+    baseline = cpu_recipe(args.method, data=PRETRAIN, steps=0, overrides=common, short_run=args.short_run)
+    pretrain_run(baseline, random_run)
     random_score = validation_score(random_run, args.method, args.images, args.validation)
     shutil.rmtree(random_run, ignore_errors=True)
     print(json.dumps({"method": args.method, "random_init": random_score}), flush=True)
@@ -81,7 +92,11 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         start = time.perf_counter()
         config = cpu_recipe(
-            args.method, data=PRETRAIN, steps=args.steps, overrides=[*common, *setting.split()]
+            args.method,
+            data=PRETRAIN,
+            steps=args.steps,
+            overrides=[*common, *setting.split()],
+            short_run=args.short_run,
         )
         result = pretrain_run(config, run)
         minutes = (time.perf_counter() - start) / 60
@@ -98,7 +113,8 @@ def main() -> None:
         f'"{a}"' if " " in a or "=" in a or not a else a for a in sys.argv[1:]
     )
     lines = [
-        f"\n### Short-run settings on a CIFAR-10-train validation split ({args.method}) — {date.today()}\n",
+        f"\n### Short-run settings on a CIFAR-10-train validation split ({args.method}"
+        f"{', from SHORT_RUNS' if args.short_run else ''}) — {date.today()}\n",
         f"Machine: {machine()}. Command: `{command}`. {args.steps} steps at batch {args.batch} on the first "
         f"{args.images} images of train-000; {probe} fitted on those, scored on the first {args.validation} "
         f"images of train-001; CIFAR-10 test unused. Same encoder at random init: {random_score:.1f}.\n",

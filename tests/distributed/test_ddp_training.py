@@ -40,6 +40,9 @@ OPTIONS = {
     # ResNet temperature.
     "mocov2": {"base_momentum": 0.5, "final_momentum": 0.5},
     "mocov3": {"temperature": 1.0, "base_momentum": 0.5, "final_momentum": 0.5},
+    # Barlow Twins' unscaled loss (about 10 here) gives the same oversized step-0 update and the same fp32
+    # tie in the step-1 state (4 % on a few stem weights); 0.1 is solo-learn's CIFAR scale.
+    "barlow_twins": {"scale_loss": 0.1},
 }
 ENCODER_FOR = {
     "image": ("small_cnn", {"width": 4}),
