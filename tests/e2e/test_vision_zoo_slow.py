@@ -90,6 +90,7 @@ def _case(method: str) -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 560 steps plus two 10,000-image scorings: about 6 minutes alone, more if shared
 @pytest.mark.parametrize("method", [_case(m) for m in VISION_RECIPES])
 def test_a_short_cpu_run_beats_the_random_encoder(method: str, cifar10_dir: Path, tmp_path: Path) -> None:
     baseline = _random_init_score(method, cifar10_dir, tmp_path / "random-init")
