@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speech_ssl import POOL, RECIPES, RESULTS, _all_layers, fsdd
-from throughput import machine
+from speech_ssl import POOL, RECIPES, _all_layers, fsdd
+from throughput import append_results, command_line, machine
 
 from selfsup.api import Pretrained, load, pretrain
 from selfsup.eval.fewshot import few_label_eval
@@ -71,9 +71,7 @@ def main() -> None:
         print(json.dumps({"setting": setting, "minutes": minutes, "val": score, "random": random_score}))
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
-    command = "python bench/speech_tune.py " + " ".join(
-        f'"{a}"' if " " in a or "=" in a else a for a in sys.argv[1:]
-    )
+    command = command_line("speech_tune.py")
     lines = [
         f"\n### Speech recipe settings on FSDD-train validation ({args.method}) — {date.today()}\n",
         f"Machine: {machine()}. Command: `{command}`. {args.steps} pretraining steps per setting; 5 labels "
@@ -84,9 +82,7 @@ def main() -> None:
     ]
     for setting, minutes, (mean, std), (r_mean, r_std) in rows:
         lines.append(f"| `{setting}` | {minutes:.1f} | {mean:.1f} ± {std:.1f} | {r_mean:.1f} ± {r_std:.1f} |")
-    with RESULTS.open("a", encoding="utf-8") as handle:  # appending a log: not a file the library writes
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    append_results(lines)
 
 
 if __name__ == "__main__":

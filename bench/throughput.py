@@ -45,6 +45,21 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+def command_line(script: str) -> str:
+    """The command that ran ``bench/<script>``, its arguments quoted where a shell would need it (a space, a
+    ``key=value`` override, an empty string), so that it can be pasted back."""
+    quoted = (f'"{a}"' if " " in a or "=" in a or not a else a for a in sys.argv[1:])
+    return " ".join([f"python bench/{script}", *quoted])
+
+
+def append_results(lines: list[str]) -> None:
+    """Append one section to bench/RESULTS.md and print it (a log, not a file the library writes)."""
+    text = "\n".join(lines)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    print(text)
+
+
 def measure(args: argparse.Namespace, precision: str, channels_last: bool) -> dict[str, float]:
     overrides = [
         "method=simclr",

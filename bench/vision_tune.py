@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine
-from vision_zoo import RESULTS, SHARED
+from throughput import append_results, command_line, machine
+from vision_zoo import SHARED
 
 from selfsup.api import load
-from selfsup.benchmark import SHORT_RUNS, VISION_RECIPES, ShortRun, cpu_recipe
+from selfsup.benchmark import VISION_RECIPES, ShortRun, cpu_recipe, short_run_settings
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear
 from selfsup.train.loop import pretrain_run
 
@@ -64,11 +64,11 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/vision_tune")
     args = parser.parse_args()
-    short = SHORT_RUNS.get(args.method, ShortRun())
+    short = short_run_settings(args.method) if args.short_run else ShortRun()
     if args.steps is None:
-        args.steps = short.steps if args.short_run else ShortRun().steps
+        args.steps = short.steps
     if args.batch is None:
-        args.batch = short.batch_size if args.short_run else ShortRun().batch_size
+        args.batch = short.batch_size
     out = Path(args.out)
     common = [
         f"data.max_samples={args.images}",
@@ -109,9 +109,7 @@ def main() -> None:
         )
         shutil.rmtree(run, ignore_errors=True)
     probe = "linear top-1" if args.method in MASKED_MODELLING else "kNN top-1 @20"
-    command = "python bench/vision_tune.py " + " ".join(
-        f'"{a}"' if " " in a or "=" in a or not a else a for a in sys.argv[1:]
-    )
+    command = command_line("vision_tune.py")
     lines = [
         f"\n### Short-run settings on a CIFAR-10-train validation split ({args.method}"
         f"{', from SHORT_RUNS' if args.short_run else ''}) — {date.today()}\n",
@@ -124,9 +122,7 @@ def main() -> None:
     for setting, minutes, score, loss in rows:
         loss_cell = f"{loss:.3g}" if isinstance(loss, float) else "-"
         lines.append(f"| `{setting or '(recipe)'}` | {minutes:.1f} | {score:.1f} | {loss_cell} |")
-    with RESULTS.open("a", encoding="utf-8") as handle:  # appending a log: not a file the library writes
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    append_results(lines)
 
 
 if __name__ == "__main__":

@@ -251,8 +251,13 @@ def cpu_recipe(
     return config
 
 
+def short_run_settings(method: str) -> ShortRun:
+    """``method``'s entry of :data:`SHORT_RUNS`, or the default short run (140 steps of 256, no overrides)."""
+    return SHORT_RUNS.get(method, ShortRun())
+
+
 def _short_run_overrides(method: str) -> list[str]:
-    run = SHORT_RUNS.get(method, ShortRun())
+    run = short_run_settings(method)
     return [f"train.batch_size={run.batch_size}", *run.overrides]
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from selfsup.api import load
-from selfsup.benchmark import SHORT_RUNS, VISION_RECIPES, ShortRun, cpu_recipe
+from selfsup.benchmark import VISION_RECIPES, cpu_recipe, short_run_settings
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear
 from selfsup.train.loop import pretrain_run
 
@@ -94,7 +94,7 @@ def _case(method: str) -> object:
 @pytest.mark.parametrize("method", [_case(m) for m in VISION_RECIPES])
 def test_a_short_cpu_run_beats_the_random_encoder(method: str, cifar10_dir: Path, tmp_path: Path) -> None:
     baseline = _random_init_score(method, cifar10_dir, tmp_path / "random-init")
-    steps = SHORT_RUNS.get(method, ShortRun()).steps
+    steps = short_run_settings(method).steps
     train = str(cifar10_dir / "train-000.tar")
     config = cpu_recipe(method, data=train, steps=steps, overrides=OPTIONS, short_run=True)
     result = pretrain_run(config, tmp_path / "run")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfsup.benchmark import SHORT_RUNS, VISION_RECIPES, ShortRun, cpu_encoder, cpu_recipe
+from selfsup.benchmark import SHORT_RUNS, VISION_RECIPES, cpu_encoder, cpu_recipe, short_run_settings
 
 
 @pytest.mark.parametrize("method", list(VISION_RECIPES))
@@ -18,7 +18,7 @@ def test_every_recipe_builds_at_cpu_scale_with_and_without_its_short_run(method:
         assert options.items() <= config.encoder.params.items()
         assert config.train.steps == 140 and config.optim.warmup_steps == 14
     # Unlisted methods run 256 images a step whatever their recipe's batch (SimCLR's and DCL's is 512).
-    assert short.train.batch_size == SHORT_RUNS.get(method, ShortRun()).batch_size
+    assert short.train.batch_size == short_run_settings(method).batch_size
 
 
 def test_short_run_overrides_reach_the_config_and_later_overrides_win() -> None:
