@@ -11,8 +11,9 @@ same probes. ``--seeds`` repeats pretraining (and nothing else) with other seeds
     python bench/vision_zoo.py --budget 300 --out runs/vision_zoo
     python bench/vision_zoo.py --methods simclr dino --seeds 0 1 2 --out runs/vision_zoo
     python bench/vision_zoo.py --data ../shared/data/images/imagenette64/train-000.tar.gz \\
-        --test ../shared/data/images/imagenette64/val-000.tar.gz --methods simclr byol dino mae \\
-        --set data.image_size=64 augment.size=64 encoder.patch_size=8 --out runs/zoo_inet
+        --test ../shared/data/images/imagenette64/val-000.tar.gz --methods simclr dino vicreg --short-run \\
+        --set data.image_size=64 augment.size=64 --out runs/zoo_inet
+    (the ViT methods with ``encoder.patch_size=8`` added: 64 patches, as 4-pixel patches of CIFAR-10)
 
 Results accumulate in ``OUT/vision_zoo.json`` (runs already measured are kept) and are written to
 ``bench/RESULTS.md`` unless ``--no-write``.
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine
+from throughput import append_results, command_line, machine
 
 from selfsup.api import load, make_config
 from selfsup.benchmark import VISION_RECIPES, cpu_recipe
@@ -41,12 +42,11 @@ from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear, raw_inputs
 from selfsup.train.loop import pretrain_run
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_TRAIN = str(SHARED / "cifar10" / "train-000.tar")
 CIFAR_TEST = str(SHARED / "cifar10" / "test-000.tar")
 
-COMMON = ["train.batch_size=256", "train.progress=false", "train.knn_every=0", "train.precision=fp32"]
+COMMON = ["train.progress=false", "train.knn_every=0", "train.precision=fp32"]
 CALIBRATION_STEPS = 6
 
 
@@ -58,20 +58,25 @@ def encoder_name(method: str, args: argparse.Namespace) -> str:
 
 
 def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> Config:
-    """The method's CIFAR-10 recipe at CPU scale (:func:`selfsup.benchmark.cpu_recipe`), batch 256, fp32."""
-    cache = f"data.cache_dir={Path(args.out) / 'cache'}"
-    config = cpu_recipe(method, data=args.data, steps=steps, seed=seed, overrides=[*COMMON, cache])
+    """The method's CIFAR-10 recipe at CPU scale (:func:`selfsup.benchmark.cpu_recipe`), fp32, batch 256 or,
+    with ``--short-run``, the method's :data:`selfsup.benchmark.SHORT_RUNS` batch and overrides (the step
+    count still comes from the budget)."""
+    options = [*COMMON, f"data.cache_dir={Path(args.out) / 'cache'}"]
+    if not args.short_run:
+        options.append("train.batch_size=256")
+    config = cpu_recipe(
+        method, data=args.data, steps=steps, seed=seed, overrides=options, short_run=args.short_run
+    )
     # --set applies after the CPU encoder is in place, so that it can change the encoder's options too.
     return make_config(config, overrides=args.set) if args.set else config
 
 
-def seconds_per_step(run: Path) -> float:
+def seconds_per_step(run: Path, batch: int) -> float:
     """Seconds per optimizer step of a calibration run, from the throughput it logged after warming up (its
     first steps include start-up and first-call costs, which made the 2026-12-01 runs use 60-80 % of the
     budget)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = [r["samples_per_s"] for r in rows if r.get("kind") == "train" and r["step"] > 2]
-    batch = int(next(o.split("=")[1] for o in COMMON if o.startswith("train.batch_size=")))
     return batch / statistics.median(speeds)
 
 
@@ -84,9 +89,11 @@ def run_pretrain(method: str, seed: int, out: Path, args: argparse.Namespace) ->
             steps = int(json.loads(first.read_text())["steps"])
         else:
             probe_dir = out.parent / f"{out.name}-calibrate"
+            calibration = config_for(method, seed, CALIBRATION_STEPS, args)
             if not (probe_dir / "summary.json").exists():
-                pretrain_run(config_for(method, seed, CALIBRATION_STEPS, args), probe_dir)
-            steps = max(10, int(args.budget / seconds_per_step(probe_dir)))
+                pretrain_run(calibration, probe_dir)
+            per_step = seconds_per_step(probe_dir, calibration.train.batch_size)
+            steps = max(10, int(args.budget / per_step))
         config = make_config(
             config_for(method, seed, steps, args), overrides=[f"train.time_limit_s={args.budget * 1.2}"]
         )
@@ -137,6 +144,11 @@ def main() -> None:
         default=[],
         metavar="key=value",
         help="overrides of every run, e.g. data.image_size=64 augment.size=64 for 64-pixel images",
+    )
+    parser.add_argument(
+        "--short-run",
+        action="store_true",
+        help="each method's SHORT_RUNS batch and overrides (DINO's frozen last layer, queues a run can fill)",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -224,15 +236,16 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    command = " ".join(["python bench/vision_zoo.py", *sys.argv[1:]])
-    text = (
-        f"\n### Vision method zoo on CPU, {args.budget:.0f} s per method — {date.today().isoformat()}\n\n"
-        f"Machine: {machine()}. Command: `{command}`. Train: `{Path(args.data).name}`, test: "
-        f"`{Path(args.test).name}`; batch 256, fp32{'; ' + ' '.join(args.set) if args.set else ''}.\n\n"
-        f"{table(results)}\n"
+    batch = "the SHORT_RUNS batch and overrides" if args.short_run else "batch 256"
+    extra = "; " + " ".join(args.set) if args.set else ""
+    append_results(
+        [
+            f"\n### Vision method zoo on CPU, {args.budget:.0f} s per method — {date.today().isoformat()}\n",
+            f"Machine: {machine()}. Command: `{command_line('vision_zoo.py')}`. "
+            f"Train: `{Path(args.data).name}`, test: `{Path(args.test).name}`; {batch}, fp32{extra}.\n",
+            table(results),
+        ]
     )
-    with RESULTS.open("a") as handle:
-        handle.write(text)
 
 
 if __name__ == "__main__":
