@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from selfsup.encoders import ENCODERS
-from selfsup.errors import ConfigError
 from selfsup.losses import sinkhorn_knopp, swav
 from selfsup.methods import METHODS, StepInfo, Views
 from selfsup.methods.swav import SwAV
@@ -152,24 +150,3 @@ def test_freeze_prototypes_steps_may_be_a_fraction_of_the_run() -> None:
         method.prototypes.weight.grad = torch.ones_like(method.prototypes.weight)
         method.before_optimizer_step(StepInfo(step, 100))
         assert (method.prototypes.weight.grad is None) == frozen
-
-
-def test_orthogonal_prototypes_cover_every_direction_about_equally() -> None:
-    torch.manual_seed(0)
-    encoder = ENCODERS.create("small_cnn", width=4)
-    spreads = {}
-    for init in ("default", "orthogonal"):
-        method = METHODS.get("swav")(
-            encoder=encoder, hidden_dim=16, projection_dim=32, num_prototypes=600, prototype_init=init
-        )
-        weight = method.prototypes.weight.detach()
-        torch.testing.assert_close(weight.norm(dim=1), torch.ones(600))
-        values = torch.linalg.svdvals(weight)
-        spreads[init] = float(values.max() / values.min())
-    # Random rows: a Marchenko-Pastur spread (about 1.6 at 600 x 32); orthonormal columns then unit rows: ~1.
-    assert spreads["orthogonal"] < 1.15 < 1.3 < spreads["default"]
-
-
-def test_an_unknown_prototype_init_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="prototype_init"):
-        _method(prototype_init="xavier")

@@ -45,8 +45,6 @@ from selfsup.methods.base import METHODS, Method, MethodOutput, StepInfo, Views
 from selfsup.methods.crops import encode_crops
 from selfsup.train.schedules import steps_of
 
-PROTOTYPE_INITS = ("default", "orthogonal")
-
 
 @METHODS.register("swav")
 class SwAV(Method):
@@ -67,11 +65,6 @@ class SwAV(Method):
             ``epoch_queue_starts``); it is used once full.
         freeze_prototypes_steps: optimizer steps during which the prototypes get no update (313); a
             float in ``[0, 1)`` is a fraction of ``total_steps``.
-        prototype_init: ``"default"`` (the authors': ``nn.Linear``'s initialisation, then unit rows) or
-            ``"orthogonal"`` (orthonormal columns, then unit rows: for ``num_prototypes >= projection_dim``
-            every unit projection then has about the same score variance over the prototypes, so
-            projections cannot make the prediction uniform by moving into a direction the random
-            prototypes cover less; their singular values spread 4.7-5.0 instead of 3.9-5.8 at 3000 x 128).
     """
 
     default_view_policies: ClassVar[dict[str, str]] = {"image": "swav", "vector": "vector_noise"}
@@ -89,7 +82,6 @@ class SwAV(Method):
         queue_size: int = 0,
         queue_start: int = 0,
         freeze_prototypes_steps: float = 313,
-        prototype_init: str = "default",
     ) -> None:
         super().__init__(encoder)
         crops = tuple(int(c) for c in crops_for_assign)
@@ -116,12 +108,6 @@ class SwAV(Method):
             )
         self.projector = MLPHead(encoder.embed_dim, hidden_dim, projection_dim)
         self.prototypes = nn.Linear(projection_dim, num_prototypes, bias=False)
-        if prototype_init not in PROTOTYPE_INITS:
-            raise ConfigError(
-                f"swav: prototype_init={prototype_init!r} is not one of {', '.join(PROTOTYPE_INITS)}"
-            )
-        if prototype_init == "orthogonal":
-            nn.init.orthogonal_(self.prototypes.weight)
         self._normalize_prototypes()
         self.temperature = temperature
         self.epsilon = epsilon
