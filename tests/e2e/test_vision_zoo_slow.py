@@ -98,4 +98,5 @@ def test_a_short_cpu_run_beats_the_random_encoder(method: str, cifar10_dir: Path
     result = pretrain_run(config, tmp_path / "run")
     assert result.finished
     score = _score(tmp_path / "run", cifar10_dir, method)
+    print(f"{method}: {score:.2f} vs random init {baseline:.2f}")  # shown by `pytest -rA`
     assert score > baseline + MARGIN, f"{method}: {score:.1f} vs random init {baseline:.1f}"
