@@ -28,7 +28,7 @@ from throughput import append_results, command_line, machine
 from vision_zoo import SHARED
 
 from selfsup.api import load
-from selfsup.benchmark import VISION_RECIPES, ShortRun, cpu_recipe, short_run_settings
+from selfsup.benchmark import VISION_RECIPES, ShortRun, cpu_recipe, encoder_label, short_run_settings
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear
 from selfsup.train.loop import pretrain_run
 
@@ -79,7 +79,7 @@ def main() -> None:
         "train.device=cpu",
         f"data.cache_dir={out / 'cache'}",
     ]
-    baselines: dict[tuple[str, tuple[tuple[str, object], ...]], float] = {}
+    baselines: dict[str, float] = {}
 
     def random_init_score(setting: str) -> float:
         """The setting's encoder at its initial weights: settings that change the encoder's options (its
@@ -91,14 +91,14 @@ def main() -> None:
             overrides=[*common, *setting.split()],
             short_run=args.short_run,
         )
-        key = (config.encoder.name, tuple(sorted(config.encoder.params.items())))
+        key = encoder_label(config)
         if key not in baselines:
             random_run = out / f"{args.method}-random"
             shutil.rmtree(random_run, ignore_errors=True)
             pretrain_run(config, random_run)
             baselines[key] = validation_score(random_run, args.method, args.images, args.validation)
             shutil.rmtree(random_run, ignore_errors=True)
-            print(json.dumps({"encoder": str(key), "random_init": baselines[key]}), flush=True)
+            print(json.dumps({"encoder": key, "random_init": baselines[key]}), flush=True)
         return baselines[key]
 
     rows = []

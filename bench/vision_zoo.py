@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import append_results, command_line, machine
 
 from selfsup.api import load, make_config
-from selfsup.benchmark import VISION_RECIPES, cpu_recipe
+from selfsup.benchmark import VISION_RECIPES, cpu_recipe, encoder_label
 from selfsup.config import Config
 from selfsup.eval.knn import KNNProbe
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear, raw_inputs
@@ -53,8 +53,7 @@ CALIBRATION_STEPS = 6
 def encoder_name(method: str, args: argparse.Namespace) -> str:
     """The encoder a method's runs train, with every option: the ViT recipes keep different ones (class token,
     pooling, positions, LayerScale), so each such encoder gets its own random-init row."""
-    encoder = config_for(method, 0, 0, args).encoder
-    return "-".join([str(encoder.name), *(f"{k}{v}" for k, v in sorted(encoder.params.items()))])
+    return encoder_label(config_for(method, 0, 0, args))
 
 
 def config_for(method: str, seed: int, steps: int, args: argparse.Namespace) -> Config:

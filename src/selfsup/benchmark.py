@@ -272,6 +272,13 @@ def cpu_recipe(
     return config
 
 
+def encoder_label(config: Any) -> str:
+    """``config``'s encoder with every option, e.g. ``small_cnn-width32``: one random-init baseline per label
+    (the ViT recipes keep different class-token, pooling, position and LayerScale options)."""
+    encoder = config.encoder
+    return "-".join([str(encoder.name), *(f"{k}{v}" for k, v in sorted(encoder.params.items()))])
+
+
 def short_run_settings(method: str) -> ShortRun:
     """``method``'s entry of :data:`SHORT_RUNS`, or the default short run (140 steps of 256, no overrides)."""
     return SHORT_RUNS.get(method, ShortRun())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from selfsup.api import load
-from selfsup.benchmark import VISION_RECIPES, cpu_recipe, short_run_settings
+from selfsup.benchmark import VISION_RECIPES, cpu_recipe, encoder_label, short_run_settings
 from selfsup.eval.protocols import evaluate_knn, evaluate_linear
 from selfsup.train.loop import pretrain_run
 
@@ -55,8 +55,7 @@ def _random_init_score(method: str, data_dir: Path, out: Path) -> float:
     config = cpu_recipe(
         method, data=str(data_dir / "train-000.tar"), steps=0, overrides=OPTIONS, short_run=True
     )
-    encoder = (config.encoder.name, tuple(sorted(config.encoder.params.items())))
-    key = (encoder, "linear" if method in MASKED_MODELLING else "knn")
+    key = (encoder_label(config), "linear" if method in MASKED_MODELLING else "knn")
     if key not in _RANDOM_INIT:
         pretrain_run(config, out)
         _RANDOM_INIT[key] = _score(out, data_dir, method)
