@@ -238,6 +238,15 @@ SHORT_RUNS: dict[str, ShortRun] = {
         # At 140 x 256 it stays below its random ViT with every learning rate and target momentum tried.
         evidence="42.6 linear (random ViT 40.5; 140 x 256: at most 39.2)",
     ),
+    "data2vec": ShortRun(
+        steps=560,
+        batch_size=128,
+        # LayerScale at 1e-4 keeps a 6-block ViT's blocks nearly off for a short run (its random encoder is
+        # the patch embedding: 28.8); the loss never trains the class token (its targets drop it), so the
+        # probe reads the mean patch token, as BEiT's classifier; I-JEPA's learning rate.
+        overrides=("encoder.pool=mean", "encoder.layer_scale=null", "optim.lr=1.25e-4"),
+        evidence="39.6 linear (random ViT 37.7; with LayerScale: 29.0 vs 28.8; at the recipe's rate: 38.9)",
+    ),
     "dinov2": ShortRun(
         # Its ViT with 10 crops runs at 36 images/s here: 64 images a step, 2 local crops instead of 8. The
         # last layer frozen and the teacher at 0.99, as DINO's short run.
